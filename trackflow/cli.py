@@ -19,6 +19,7 @@ from trackflow.exceptions import TrackflowError
 COMMAND_MODULES: list[str] = [
     "trackflow.apps_cli",
     "trackflow.stack",
+    "trackflow.demo",
 ]
 
 

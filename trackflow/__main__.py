@@ -1,0 +1,5 @@
+"""``python -m trackflow`` runs the CLI."""
+
+from trackflow.cli import main
+
+main()
