@@ -1,0 +1,91 @@
+"""Duplicate detection (pure).
+
+Two rules, both windows configurable (:class:`~pipeline.settings.PipelineSettings`):
+
+- **message_id**: the same ``app_id:message_id`` seen within ``message_id_window_s`` (24 h,
+  measured on ``received_at``) is a duplicate. State: one entry per id holding
+  ``[expires_at_ms, partition, offset]``; an expired entry counts as absent and is swept.
+- **content** (AppsFlyer's rule): an identical event - same app, device, type, name, session,
+  heartbeat offset and canonical (key-sorted) properties and traits - within ``content_window_s``
+  (10 s, measured on the skew-corrected event time) is a duplicate. State: a small map
+  ``{digest: [event_time_ms, partition, offset]}`` inside the device's state, pruned as it is
+  written. Sources in ``content_dedupe_exempt_sources`` (server-to-server) skip this rule.
+
+Replays: both entries remember the Kafka position (partition, offset) of the event that created
+them. Seeing the *same* position again is an at-least-once replay after a crash, not a duplicate,
+so the event is processed again (sinks deduplicate by message_id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from pipeline.reasons import Reason
+
+Position = tuple[int, int]
+NO_POSITION: Position = (-1, -1)
+
+
+def message_key(app_id: str, message_id: str) -> str:
+    """State key of the message-id rule."""
+    return f"{app_id}:{message_id}"
+
+
+def check_message_id(
+    entry: list[Any] | None, received_at: int, pos: Position, window_ms: int
+) -> tuple[Reason | None, list[Any] | None]:
+    """Decide the message-id rule. Returns ``(reason or None, entry to store or None)``."""
+    if entry is not None and entry[0] > received_at:
+        if pos != NO_POSITION and entry[1] == pos[0] and entry[2] == pos[1]:
+            return None, None  # a replay of the very record that created the entry
+        return Reason.DUPLICATE_MESSAGE_ID, None
+    return None, [received_at + window_ms, pos[0], pos[1]]
+
+
+def content_digest(
+    raw: dict[str, Any], device: str, properties: dict[str, Any], traits: dict[str, Any]
+) -> str:
+    """Digest of what makes two events identical (canonical, key-sorted JSON)."""
+    body = orjson.dumps(
+        [
+            raw.get("app_id"),
+            device,
+            raw.get("type"),
+            raw.get("event"),
+            raw.get("session_id"),
+            raw.get("heartbeat_offset"),
+            properties,
+            traits,
+        ],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(body, digest_size=10).hexdigest()
+
+
+def check_content(
+    recent: dict[str, list[int]], digest: str, event_time: int, pos: Position, window_ms: int
+) -> Reason | None:
+    """Decide the content rule against the device's recent digests and record this event.
+
+    ``recent`` is mutated: expired digests are removed and, unless this is a duplicate, the
+    digest is (re)recorded at ``event_time``. An event exactly ``window_ms`` later is *not* a
+    duplicate (the window is open at its end).
+    """
+    prev = recent.get(digest)
+    if prev is not None and abs(event_time - prev[0]) < window_ms:
+        if pos != NO_POSITION and prev[1] == pos[0] and prev[2] == pos[1]:
+            return None
+        return Reason.DUPLICATE_CONTENT
+    if recent:
+        prune(recent, event_time, window_ms)
+    recent[digest] = [event_time, pos[0], pos[1]]
+    return None
+
+
+def prune(recent: dict[str, list[int]], now_event_time: int, window_ms: int) -> None:
+    """Drop digests older than the window (state expires with the window)."""
+    for k in [k for k, v in recent.items() if now_event_time - v[0] >= window_ms]:
+        del recent[k]
