@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "trackflow.apps_cli",
     "trackflow.stack",
     "trackflow.demo",
+    "collector.cli",
 ]
 
 

@@ -1,0 +1,357 @@
+"""The collector's HTTP layer: a Starlette app that checks envelopes and publishes to Kafka.
+
+Each ingestion request goes: read the body within the size limit (gunzipping if asked) -> find the
+write key -> parse JSON (orjson) -> map onto RawEvents (:mod:`collector.mapping`, pure) -> rate
+limit -> encode Avro -> publish and wait for *every* delivery report -> ``200 {"success": true}``.
+
+Answers: 400 (malformed envelope, per-event errors, nothing published), 401 (unknown write key),
+403 (AppsFlyer path app id not the key's app), 413 (too large), 415 (unknown Content-Encoding),
+429 + Retry-After (rate limit), 503 + Retry-After (Kafka did not confirm in time).
+
+Build it with :func:`create_app`; ``trackflow collector`` runs it on uvicorn (uvloop, httptools).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from collector import auth
+from collector.exceptions import PublishError
+from collector.mapping import (
+    EnvelopeError,
+    Limits,
+    MapResult,
+    Reason,
+    Stamp,
+    kafka_key,
+    map_app_tracking,
+    map_appsflyer,
+    map_segment,
+    mask_ip,
+)
+from collector.metrics import CONTENT_TYPE_LATEST, CollectorMetrics
+from collector.openapi import openapi_document
+from collector.publisher import KafkaPublisher, Publisher
+from collector.ratelimit import RateLimiter
+from collector.settings import CollectorSettings
+from schemas import Codec, codec_from_settings
+from trackflow.apps import App, AppRegistry, open_registry
+from trackflow.config import KafkaSettings
+from trackflow.exceptions import SerdeError
+
+log = logging.getLogger(__name__)
+
+SEGMENT_PATH_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+_SUCCESS = orjson.dumps({"success": True})
+_JSON = "application/json"
+
+
+class _Reject(Exception):
+    """Internal: answer the request with ``status`` and these errors."""
+
+    def __init__(self, status: int, errors: list[EnvelopeError], headers: dict[str, str] | None = None):
+        super().__init__(errors[0].message if errors else str(status))
+        self.status = status
+        self.errors = errors
+        self.headers = headers
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=_JSON, headers=headers)
+
+
+class Collector:
+    """The request handlers and the state they share.
+
+    Parameters:
+        settings: the collector's settings.
+        registry: the app registry (write keys -> apps).
+        publisher: where events go; None creates a :class:`KafkaPublisher` at startup.
+        codec: the RawEvent codec; None uses ``schemas.codec_from_settings("raw_event")``.
+        kafka: Kafka settings (topic names, bootstrap); None reads the environment.
+    """
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        registry: AppRegistry,
+        publisher: Publisher | None,
+        codec: Codec | None = None,
+        kafka: KafkaSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.kafka = kafka or KafkaSettings()
+        self.topic = self.kafka.topics.raw
+        self.codec = codec or codec_from_settings("raw_event")
+        self.publisher = publisher
+        self._own_publisher = publisher is None
+        self.metrics = CollectorMetrics()
+        self.limits = Limits(max_event_bytes=settings.max_event_bytes, max_batch=settings.max_batch)
+        self.limiter = RateLimiter(settings.rate_limit_eps, settings.rate_limit_burst)
+        self.retry_after = str(settings.retry_after_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        if self.publisher is None:
+            self.publisher = KafkaPublisher(self.kafka, self.settings)
+        try:
+            yield
+        finally:
+            if self._own_publisher and self.publisher is not None:
+                self.publisher.close()
+
+    # -- request plumbing -------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.max_request_bytes
+        too_large = _Reject(
+            413, [EnvelopeError(Reason.REQUEST_TOO_LARGE, f"request body is larger than {limit} bytes")]
+        )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise _Reject(
+                415,
+                [EnvelopeError(Reason.UNSUPPORTED_ENCODING, f"unsupported Content-Encoding {encoding!r}")],
+            )
+        d = zlib.decompressobj(wbits=47)  # gzip or zlib header, auto-detected
+        try:
+            out = d.decompress(body, limit + 1)
+        except zlib.error:
+            raise _Reject(400, [EnvelopeError(Reason.INVALID_JSON, "body is not valid gzip")]) from None
+        if len(out) > limit or d.unconsumed_tail:
+            raise too_large
+        return out
+
+    def _app_for(self, key: str | None) -> App:
+        app = self.registry.by_write_key(key) if key else None
+        if app is None:
+            raise _Reject(
+                401,
+                [EnvelopeError(Reason.UNAUTHORIZED, "unknown or missing write key")],
+                {"WWW-Authenticate": 'Basic realm="trackflow"'},
+            )
+        return app
+
+    def _stamp(self, request: Request, app: App) -> Stamp:
+        headers = request.headers
+        ip: str | None = None
+        if self.settings.trust_forwarded_for:
+            fwd = headers.get("x-forwarded-for")
+            if fwd:
+                ip = fwd.split(",", 1)[0].strip() or None
+        if ip is None and request.client is not None:
+            ip = request.client.host
+        masked = app.mask_ip or self.settings.mask_ip
+        if ip is not None and masked:
+            ip = mask_ip(ip)
+        req_id = headers.get("x-request-id")
+        return Stamp(
+            app_id=app.app_id,
+            received_at=time.time_ns() // 1_000_000,
+            request_id=req_id or uuid.uuid4().hex,
+            ip=ip,
+            user_agent=headers.get("user-agent"),
+            fallback_anonymous_id=headers.get("x-anonymous-id") or req_id or None,
+            mask_ip=masked,
+        )
+
+    async def _ingest(
+        self,
+        request: Request,
+        endpoint: str,
+        mapper: Callable[[Any, Stamp], MapResult],
+        key_of: Callable[[Request, Any], str | None],
+        path_app_id: str | None = None,
+    ) -> Response:
+        try:
+            body = await self._body(request)
+            header_key = key_of(request, None)
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                if header_key is None:
+                    self._app_for(None)
+                self._app_for(header_key)
+                raise _Reject(400, [EnvelopeError(Reason.INVALID_JSON, f"invalid JSON: {exc}")]) from None
+            app = self._app_for(header_key or key_of(request, parsed))
+            if path_app_id is not None and path_app_id != app.app_id:
+                raise _Reject(
+                    403,
+                    [
+                        EnvelopeError(
+                            Reason.FORBIDDEN, "the write key does not belong to this app", field="app_id"
+                        )
+                    ],
+                )
+            result = mapper(parsed, self._stamp(request, app))
+            if result.errors:
+                raise _Reject(result.status, result.errors)
+            events = result.events
+            wait = self.limiter.take(app.app_id, len(events))
+            if wait:
+                raise _Reject(
+                    429,
+                    [EnvelopeError(Reason.RATE_LIMITED, "rate limit exceeded for this key")],
+                    {"Retry-After": str(RateLimiter.retry_after(wait))},
+                )
+            topic = self.topic
+            encode = self.codec.encode
+            try:
+                messages = [(kafka_key(r), encode(r, topic)) for r in events]
+            except SerdeError as exc:
+                raise _Reject(400, [EnvelopeError(Reason.INVALID_FIELD, str(exc))]) from None
+            assert self.publisher is not None
+            t0 = time.perf_counter()
+            try:
+                await self.publisher.publish(topic, messages, self.settings.publish_timeout_s)
+            except PublishError as exc:
+                log.warning("publish failed (%s): %s", exc.reason, exc)
+                raise _Reject(
+                    503,
+                    [EnvelopeError(Reason.PUBLISH_FAILED, "Kafka did not take the events in time; retry")],
+                    {"Retry-After": self.retry_after},
+                ) from None
+            self.metrics.accepted(events[0]["source"], len(events), time.perf_counter() - t0)
+            self.metrics.request(endpoint, 200)
+            return Response(_SUCCESS, media_type=_JSON)
+        except _Reject as rej:
+            self.metrics.request(endpoint, rej.status)
+            self.metrics.rejected(rej.errors[0].reason.value if rej.errors else str(rej.status))
+            return _json(
+                {"success": False, "errors": [e.to_json() for e in rej.errors]}, rej.status, rej.headers
+            )
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    @staticmethod
+    def _segment_key(request: Request, body: Any) -> str | None:
+        return auth.header_key(request.headers) if body is None else auth.body_key(body)
+
+    @staticmethod
+    def _appsflyer_key(request: Request, body: Any) -> str | None:
+        return auth.appsflyer_key(request.headers) if body is None else auth.body_key(body)
+
+    def segment_handler(self, path_type: str | None) -> Callable[[Request], Awaitable[Response]]:
+        endpoint = f"/v1/{path_type or 'batch'}"
+        limits = self.limits
+
+        async def handler(request: Request) -> Response:
+            return await self._ingest(
+                request,
+                endpoint,
+                lambda body, stamp: map_segment(body, stamp, limits, path_type),
+                self._segment_key,
+            )
+
+        return handler
+
+    async def app_tracking(self, request: Request) -> Response:
+        limits = self.limits
+        return await self._ingest(
+            request,
+            "/v1/app-tracking",
+            lambda body, stamp: map_app_tracking(body, stamp, limits),
+            self._segment_key,
+        )
+
+    async def appsflyer(self, request: Request) -> Response:
+        limits = self.limits
+        return await self._ingest(
+            request,
+            "/inappevent",
+            lambda body, stamp: map_appsflyer(body, stamp, limits),
+            self._appsflyer_key,
+            path_app_id=request.path_params["app_id"],
+        )
+
+    async def healthz(self, _request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        ok = self.publisher is not None and await self.publisher.ready()
+        if ok:
+            return _json({"ready": True})
+        return _json({"ready": False, "reason": "kafka unreachable"}, 503, {"Retry-After": self.retry_after})
+
+    async def metrics_endpoint(self, _request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, _request: Request) -> Response:
+        return _json(openapi_document(self.settings))
+
+    def routes(self) -> list[Route]:
+        routes = [Route(f"/v1/{t}", self.segment_handler(t), methods=["POST"]) for t in SEGMENT_PATH_TYPES]
+        batch = self.segment_handler(None)
+        routes += [
+            Route("/v1/batch", batch, methods=["POST"]),
+            Route("/v1/import", batch, methods=["POST"]),
+            Route("/v1/app-tracking", self.app_tracking, methods=["POST"]),
+            Route("/inappevent/{app_id}", self.appsflyer, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+        return routes
+
+
+def create_app(
+    settings: CollectorSettings | None = None,
+    *,
+    registry: AppRegistry | None = None,
+    publisher: Publisher | None = None,
+    codec: Codec | None = None,
+    kafka: KafkaSettings | None = None,
+) -> Starlette:
+    """Build the collector's ASGI app.
+
+    Parameters:
+        settings: collector settings (default: from the environment).
+        registry: app registry (default: :func:`trackflow.apps.open_registry`).
+        publisher: event sink (default: a :class:`KafkaPublisher` created at startup, closed at shutdown).
+        codec: RawEvent codec (default: from the schema-registry settings).
+        kafka: Kafka settings (default: from the environment).
+    """
+    settings = settings or CollectorSettings()
+    collector = Collector(settings, registry or open_registry(), publisher, codec, kafka)
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins(),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
+    ]
+    app = Starlette(routes=collector.routes(), middleware=middleware, lifespan=collector.lifespan)
+    app.state.collector = collector
+    return app

@@ -1,0 +1,214 @@
+"""Publishing raw events to Kafka: the :class:`Publisher` seam and its confluent-kafka implementation.
+
+:class:`KafkaPublisher` runs one idempotent producer (``acks=all``, lz4/zstd, a small linger) and
+bridges librdkafka's delivery callbacks into asyncio: each request gets a :class:`_Delivery` that
+counts its outstanding reports; the poll thread runs the callbacks, and only the *last* report of a
+request wakes the event loop (one ``call_soon_threadsafe`` per request, not per event).
+
+``message.timeout.ms`` is bounded (see :class:`~collector.settings.CollectorSettings`), so a dead
+broker produces failed deliveries instead of infinite waiting. A request whose reports did not
+all arrive within ``wait_s`` fails with :class:`~collector.exceptions.PublishTimeout`; its events
+may still land later, which is harmless because the pipeline dedupes by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from collector.exceptions import PublishError, PublishTimeout
+from collector.settings import CollectorSettings
+from trackflow.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Message = tuple[bytes, bytes]  # (key, value)
+
+
+class Publisher(Protocol):
+    """Where the collector puts accepted events."""
+
+    async def publish(self, topic: str, messages: Sequence[Message], wait_s: float) -> None:
+        """Return once every message has a successful delivery report; raise PublishError otherwise."""
+        ...
+
+    async def ready(self) -> bool:
+        """True if the backend is reachable (may be cached briefly)."""
+        ...
+
+    def close(self) -> None:
+        """Flush what can be flushed and release resources."""
+        ...
+
+
+def producer_config(kafka: KafkaSettings, settings: CollectorSettings) -> dict[str, Any]:
+    """librdkafka settings of the collector's producer."""
+    return {
+        **kafka.client_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": settings.compression,
+        "linger.ms": settings.linger_ms,
+        "message.timeout.ms": settings.message_timeout_ms(),
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "batch.num.messages": 10_000,
+        "batch.size": 4_000_000,
+        "socket.keepalive.enable": True,
+        "log_level": 3,
+    }
+
+
+class _Delivery:
+    """The outstanding delivery reports of one request."""
+
+    __slots__ = ("error", "future", "loop", "pending", "topic")
+
+    def __init__(self, n: int, loop: asyncio.AbstractEventLoop, topic: str) -> None:
+        self.pending = n
+        self.error: KafkaError | None = None
+        self.loop = loop
+        self.topic = topic
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        # runs in the poll thread (or in poll() calls made from the loop thread)
+        if err is not None and self.error is None:
+            self.error = err
+        self.pending -= 1
+        if self.pending == 0:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(
+                PublishError(
+                    f"Kafka did not take the events: {self.error.str()}",
+                    topic=self.topic,
+                    reason=self.error.name(),
+                )
+            )
+        else:
+            self.future.set_result(None)
+
+    def fail(self, exc: PublishError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class KafkaPublisher:
+    """An idempotent confluent-kafka producer with an asyncio delivery bridge.
+
+    Parameters:
+        kafka: how to reach Kafka.
+        settings: the collector's settings (compression, linger, timeouts, readiness cache).
+        extra_conf: librdkafka settings overriding the defaults (benchmarks, tests).
+    """
+
+    def __init__(
+        self, kafka: KafkaSettings, settings: CollectorSettings, extra_conf: dict[str, Any] | None = None
+    ) -> None:
+        self._conf = {**producer_config(kafka, settings), **(extra_conf or {}), "error_cb": self._on_error}
+        self._settings = settings
+        self._producer = Producer(self._conf)
+        self._fatal: KafkaError | None = None
+        self._closed = False
+        self._ready_at = 0.0
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._thread = threading.Thread(target=self._poll_loop, name="collector-kafka-poll", daemon=True)
+        self._thread.start()
+
+    # -- librdkafka side ------------------------------------------------------------------
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            log.error("fatal producer error, the producer will be recreated: %s", err.str())
+            self._fatal = err
+        else:
+            log.debug("producer error: %s", err.str())
+
+    def _poll_loop(self) -> None:
+        while not self._closed:
+            self._producer.poll(0.05)
+
+    def _replace_if_fatal(self) -> None:
+        if self._fatal is None:
+            return
+        old = self._producer
+        self._producer = Producer(self._conf)
+        self._fatal = None
+        old.flush(0)
+
+    # -- asyncio side ---------------------------------------------------------------------
+
+    async def publish(self, topic: str, messages: Sequence[Message], wait_s: float) -> None:
+        """Produce ``messages`` and wait for all their delivery reports (at most ``wait_s`` seconds)."""
+        if not messages:
+            return
+        self._replace_if_fatal()
+        loop = asyncio.get_running_loop()
+        delivery = _Delivery(len(messages), loop, topic)
+        deadline = time.monotonic() + wait_s
+        produce = self._producer.produce
+        cb = delivery.on_delivery
+        i = 0
+        while i < len(messages):
+            key, value = messages[i]
+            try:
+                produce(topic, value, key, on_delivery=cb)
+            except BufferError:
+                # local queue full: let the poll thread drain it, up to the deadline
+                if time.monotonic() >= deadline:
+                    delivery.fail(PublishTimeout("producer queue full", topic=topic, reason="queue_full"))
+                    break
+                await asyncio.sleep(0.005)
+                continue
+            except KafkaException as exc:
+                delivery.fail(PublishError(f"produce failed: {exc}", topic=topic, reason="produce"))
+                break
+            i += 1
+        remaining = deadline - time.monotonic()
+        timer = loop.call_later(
+            max(remaining, 0.0),
+            delivery.fail,
+            PublishTimeout(f"no delivery report within {wait_s:g}s", topic=topic, reason="timeout"),
+        )
+        try:
+            await delivery.future
+        finally:
+            timer.cancel()
+
+    async def ready(self) -> bool:
+        """True if a broker answered a metadata request (the answer is cached ``ready_cache_s``)."""
+        now = time.monotonic()
+        if now - self._ready_at < self._settings.ready_cache_s:
+            return self._ready
+        async with self._ready_lock:
+            if time.monotonic() - self._ready_at >= self._settings.ready_cache_s:
+                self._ready = await asyncio.to_thread(self._probe)
+                self._ready_at = time.monotonic()
+        return self._ready
+
+    def _probe(self) -> bool:
+        try:
+            md = self._producer.list_topics(timeout=1.0)
+        except KafkaException:
+            return False
+        return bool(md.brokers)
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Flush outstanding messages (up to ``flush_timeout`` s) and stop the poll thread."""
+        if self._closed:
+            return
+        self._producer.flush(flush_timeout)
+        self._closed = True
+        self._thread.join(timeout=1.0)
