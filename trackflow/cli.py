@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "trackflow.stack",
     "trackflow.demo",
     "collector.cli",
+    "pipeline.cli",
 ]
 
 

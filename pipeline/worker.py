@@ -1,0 +1,338 @@
+"""The faust-streaming worker (``trackflow worker``): wires the pure stages to Kafka.
+
+- One agent (concurrency 1) reads raw Avro bytes from ``<prefix>events.raw``, runs
+  :class:`pipeline.process.Processor` on each event inside the event's stream context, and
+  ``send_soon``s Avro records to ``events.enriched``, ``events.invalid`` and ``sessions``.
+  ``processing_guarantee='at_least_once'``: Faust flushes the producer before committing offsets,
+  so an offset is committed only after everything its event produced is on Kafka.
+- State: two Faust tables on the ``rocksdb://`` store (rocksdict when installed), with compacted
+  changelog topics ``<app id>-devices-changelog`` / ``<app id>-seen-changelog``. Keys are the
+  raw topic's keys, so each table partition lives with its raw partition.
+- FX: a background thread reads the compacted ``fx.rates`` topic from the beginning (every worker
+  reads every partition) into a queue the agent drains into its :class:`~pipeline.fx.RateTable`;
+  the agent waits (``fx_wait_s``) until the topic has been read to its end before the first event.
+- A timer closes sessions idle for longer than their timeout (wall clock), so a session ends even
+  when its device sends nothing more; an index of open sessions is kept in memory and rebuilt by
+  scanning the table after start and periodically.
+- Apps come from :func:`trackflow.apps.open_registry` (refreshed live).
+
+The Faust app id (consumer group, changelog names) derives from the topic prefix; the local state
+folder from ``TRACKFLOW_HOME`` and the worker name, so several workers can share a machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.fx import RateTable, parse_hour
+from pipeline.process import Processor, Result
+from pipeline.settings import PipelineSettings
+from schemas import Codec, codec_from_settings
+from trackflow.config import CoreSettings, KafkaSettings, Topics
+
+log = logging.getLogger("trackflow.pipeline")
+
+
+def app_id_for(prefix: str) -> str:
+    """The Faust app id (= consumer group) of the pipeline for a topic prefix."""
+    return f"{prefix}pipeline"
+
+
+class TableState:
+    """:class:`pipeline.process.StateStore` over two Faust tables holding orjson bytes."""
+
+    def __init__(self, devices: Any, seen: Any) -> None:
+        self.devices = devices
+        self.seen = seen
+
+    def get_device(self, key: str) -> dict[str, Any] | None:
+        v = self.devices.get(key.encode())
+        return orjson.loads(v) if v is not None else None  # type: ignore[no-any-return]
+
+    def put_device(self, key: str, value: dict[str, Any]) -> None:
+        self.devices[key.encode()] = orjson.dumps(value)
+
+    def get_seen(self, key: str) -> list[Any] | None:
+        v = self.seen.get(key.encode())
+        return orjson.loads(v) if v is not None else None  # type: ignore[no-any-return]
+
+    def put_seen(self, key: str, value: list[Any]) -> None:
+        self.seen[key.encode()] = orjson.dumps(value)
+
+
+class FxFeed:
+    """Reads the compacted FX topic from the beginning in a thread; the agent drains :attr:`queue`.
+
+    Parameters:
+        kafka: connection settings.
+        topic: the FX rates topic.
+        codec: the ``fx_rates`` codec.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, codec: Codec) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.codec = codec
+        self.queue: collections.deque[tuple[int, dict[str, float]]] = collections.deque()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fx-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def drain(self, table: RateTable) -> None:
+        q = self.queue
+        while q:
+            hour, rates = q.popleft()
+            table.set_hour(hour, rates)
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        conf = self.kafka.client_config() | {
+            "group.id": "trackflow-fx-reader",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+        consumer = Consumer(conf)
+        try:
+            md = consumer.list_topics(self.topic, timeout=10)
+            parts = sorted(md.topics[self.topic].partitions) if self.topic in md.topics else []
+            if not parts or md.topics[self.topic].error is not None:
+                log.warning("FX topic %s not found: revenue will have fx_status=no_rate", self.topic)
+                self.ready.set()
+                return
+            tps = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts]
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in parts
+            }
+            consumer.assign(tps)
+            pending = {p for p, end in ends.items() if end > 0}
+            if not pending:
+                self.ready.set()
+            while not self._stop.is_set():
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error() is not None:
+                    continue
+                value = msg.value()
+                if value:
+                    try:
+                        rec = self.codec.decode(value, self.topic)
+                        self.queue.append((parse_hour(rec["hour"]), dict(rec["rates"])))
+                    except Exception:
+                        log.exception("skipping bad FX record at offset %s", msg.offset())
+                p = msg.partition()
+                if p in pending and msg.offset() + 1 >= ends[p]:
+                    pending.discard(p)
+                    if not pending:
+                        log.info("FX topic %s read to its end", self.topic)
+                        self.ready.set()
+        finally:
+            consumer.close()
+            self.ready.set()
+
+
+def ensure_topics(kafka: KafkaSettings, topics: Topics) -> int:
+    """Create missing pipeline topics (FX compacted); return the raw topic's partition count."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(kafka.client_config())
+    md = admin.list_topics(timeout=10)
+    new = []
+    for name in topics.all():
+        if name not in md.topics:
+            cfg = {"cleanup.policy": "compact"} if name == topics.fx else {}
+            new.append(
+                NewTopic(
+                    name, kafka.partitions if name != topics.fx else 1, kafka.replication_factor, config=cfg
+                )
+            )
+    if new:
+        for fut in admin.create_topics(new).values():
+            try:
+                fut.result()
+            except Exception as exc:  # created concurrently by another process
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        md = admin.list_topics(timeout=10)
+    return len(md.topics[topics.raw].partitions)
+
+
+def build_app(
+    *,
+    kafka: KafkaSettings | None = None,
+    settings: PipelineSettings | None = None,
+    core: CoreSettings | None = None,
+    partitions: int | None = None,
+) -> Any:
+    """Build the Faust app of one worker (topics created if missing).
+
+    Parameters:
+        kafka / settings / core: settings (default: from the environment).
+        partitions: partitions of the raw topic (default: read from the broker).
+    """
+    import faust
+
+    from trackflow.apps import open_registry
+
+    kafka = kafka or KafkaSettings()
+    settings = settings or PipelineSettings()
+    core = core or CoreSettings()
+    topics = kafka.topics
+    if partitions is None:
+        partitions = ensure_topics(kafka, topics)
+    app_id = app_id_for(kafka.topic_prefix)
+    datadir = Path(core.home).resolve() / "pipeline" / app_id / settings.worker_name
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{h.strip()}" for h in kafka.kafka_bootstrap.split(",")],
+        store="rocksdb://",
+        datadir=str(datadir),
+        processing_guarantee="at_least_once",
+        topic_partitions=partitions,
+        topic_replication_factor=kafka.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=10_000,
+        broker_commit_interval=settings.commit_interval_s,
+        producer_linger_ms=20,
+        producer_max_batch_size=1_000_000,
+        stream_buffer_maxsize=8192,
+        table_standby_replicas=0,
+    )
+    raw_topic = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
+    enriched_topic = app.topic(topics.enriched, key_serializer="raw", value_serializer="raw")
+    invalid_topic = app.topic(topics.invalid, key_serializer="raw", value_serializer="raw")
+    sessions_topic = app.topic(topics.sessions, key_serializer="raw", value_serializer="raw")
+    devices = app.Table("devices", partitions=partitions, key_serializer="raw", value_serializer="raw")
+    seen = app.Table("seen", partitions=partitions, key_serializer="raw", value_serializer="raw")
+
+    registry = open_registry()
+    rates = RateTable()
+    state = TableState(devices, seen)
+    proc = Processor(settings, registry.get, rates, state)
+    raw_codec = codec_from_settings("raw_event")
+    enriched_codec = codec_from_settings("enriched_event")
+    invalid_codec = codec_from_settings("invalid_event")
+    session_codec = codec_from_settings("session")
+    fx = FxFeed(kafka, topics.fx, codec_from_settings("fx_rates"))
+    open_sessions: dict[str, int] = {}  # device key -> partition
+    sweep: dict[int, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
+    scan = {"due": 0.0}
+    app.pipeline = {"processor": proc, "rates": rates, "open_sessions": open_sessions}  # for inspection
+
+    def emit(res: Result) -> None:
+        for k, rec in res.enriched:
+            enriched_topic.send_soon(key=k.encode(), value=enriched_codec.encode(rec, topics.enriched))
+        for k, rec in res.invalid:
+            invalid_topic.send_soon(key=k.encode(), value=invalid_codec.encode(rec, topics.invalid))
+        for k, rec in res.sessions:
+            sessions_topic.send_soon(key=k.encode(), value=session_codec.encode(rec, topics.sessions))
+
+    @app.task
+    async def start_fx() -> None:
+        fx.start()
+
+    @app.agent(raw_topic, concurrency=1)
+    async def pipeline_agent(stream: Any) -> AsyncIterator[None]:
+        if not fx.ready.is_set():
+            await asyncio.to_thread(fx.ready.wait, settings.fx_wait_s)
+        async for event in stream.events():
+            if fx.queue:
+                fx.drain(rates)
+            msg = event.message
+            partition = msg.partition
+            now = int(time.time() * 1000)
+            res = proc.process_bytes(
+                raw_codec, event.value, pos=(partition, msg.offset), topic=msg.topic, now=now
+            )
+            emit(res)
+            if res.device_key is not None:
+                if res.session_open:
+                    open_sessions[res.device_key] = partition
+                else:
+                    open_sessions.pop(res.device_key, None)
+            dq = sweep[partition]
+            if res.seen_key is not None and res.seen_expires is not None:
+                dq.append((res.seen_expires, res.seen_key.encode()))
+            if dq and dq[0][0] <= now:
+                _sweep(dq, seen, now)
+            yield None
+
+    @app.timer(interval=settings.session_timer_interval_s)
+    async def close_idle_sessions() -> None:
+        now = int(time.time() * 1000)
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.raw}
+        if time.monotonic() >= scan["due"]:
+            scan["due"] = time.monotonic() + 60.0
+            _rebuild_index(devices, open_sessions, actives)
+        for dkey, part in list(open_sessions.items()):
+            if part not in actives:
+                open_sessions.pop(dkey, None)
+                continue
+            closed = proc.close_idle(dkey, now)
+            if closed is not None:
+                k, rec = closed
+                sessions_topic.send_soon(key=k.encode(), value=session_codec.encode(rec, topics.sessions))
+                open_sessions.pop(dkey, None)
+
+    @app.timer(interval=30.0)
+    async def report_counters() -> None:
+        log.info("pipeline counters: %s", dict(proc.counters))
+
+    return app
+
+
+def _sweep(dq: collections.deque[tuple[int, bytes]], seen: Any, now: int) -> None:
+    """Delete expired message-id entries (in the stream context of their partition)."""
+    n = 0
+    while dq and dq[0][0] <= now and n < 100:
+        _, key = dq.popleft()
+        n += 1
+        v = seen.get(key)
+        if v is not None and orjson.loads(v)[0] <= now:
+            del seen[key]
+
+
+def _rebuild_index(devices: Any, open_sessions: dict[str, int], actives: set[int]) -> None:
+    """Find open sessions in the table (after start or a rebalance)."""
+    try:
+        store = devices.data
+        for partition, db in list(getattr(store, "_dbs", {}).items()):
+            if partition not in actives:
+                continue
+            for k, v in db.items():
+                try:
+                    s = orjson.loads(v).get("s")
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+                if s and not s.get("x"):
+                    key = k.decode() if isinstance(k, bytes) else str(k)
+                    open_sessions.setdefault(key, partition)
+    except Exception:
+        log.exception("could not scan the devices table for open sessions")
+
+
+def run_worker(loglevel: str = "info") -> None:
+    """Start a worker in the foreground until SIGINT/SIGTERM."""
+    import faust
+
+    app = build_app()
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
