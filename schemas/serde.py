@@ -198,7 +198,8 @@ class ConfluentCodec:
             out = self._ser(record, SerializationContext(topic, MessageField.VALUE))
         except Exception as exc:  # the serializer wraps fastavro and registry errors alike
             raise SerdeError(f"cannot encode {self.name}: {exc}", schema=self.name) from exc
-        assert out is not None
+        if not isinstance(out, bytes):
+            raise SerdeError(f"serializer returned no bytes for {self.name}", schema=self.name)
         return out
 
     def decode(self, data: bytes, topic: str) -> Record:

@@ -26,14 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "TRACKFLOW_"
 
 
-def _config(**extra: Any) -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=".env",
-        extra="ignore",
-        frozen=True,
-        **extra,
-    )
+def _config() -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True)
 
 
 class CoreSettings(BaseSettings):
@@ -199,13 +193,6 @@ class StackSettings(BaseSettings):
     stack_controller_port: int = 19093
     stack_redis_port: int = 16379
     stack_kafka_heap: str = "768m"
-
-
-def mask(value: Any) -> Any:
-    """Mask a secret for printing: keep the scheme of URLs, hide credentials."""
-    if isinstance(value, SecretStr):
-        return "**********"
-    return value
 
 
 def effective_config() -> dict[str, dict[str, Any]]:

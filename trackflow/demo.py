@@ -40,8 +40,9 @@ def round_trip(n: int = 5) -> float:
     deadline = time.monotonic() + 30
     while ids - seen and time.monotonic() < deadline:
         for m in c.consume(500, timeout=0.5):
-            if m.error() is None:
-                rec = raw.decode(m.value(), topic)
+            value = m.value()
+            if m.error() is None and value is not None:
+                rec = raw.decode(value, topic)
                 seen.add(rec["message_id"])
     c.close()
     if ids - seen:

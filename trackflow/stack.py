@@ -17,6 +17,7 @@ SIGKILL after a grace period). Topics are created by :func:`ensure_topics`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -119,10 +120,8 @@ def stop_process(pidfile: Path, *, grace: float = 20.0) -> bool:
     while time.monotonic() < deadline and read_pid(pidfile) is not None:
         time.sleep(0.1)
     if read_pid(pidfile) is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     pidfile.unlink(missing_ok=True)
     return True
 
@@ -336,7 +335,8 @@ def topic_configs(topics: Topics) -> dict[str, dict[str, str]]:
 def ensure_topics(kafka: KafkaSettings | None = None, *, timeout: float = 30.0) -> list[str]:
     """Create trackflow's topics if missing, with their partitions and configs. Returns the new ones."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     kafka = kafka or KafkaSettings()
     admin = AdminClient(kafka.client_config())
