@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "trackflow.demo",
     "collector.cli",
     "pipeline.cli",
+    "trackflow.simulate_cli",
 ]
 
 
