@@ -209,7 +209,15 @@ def _printable(value: Any) -> Any:
         return "**********"
     if isinstance(value, Path):
         return str(value)
-    return value
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if isinstance(value, dict):
+        return {str(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def register(name: str, cls: type[BaseSettings]) -> type[BaseSettings]:
