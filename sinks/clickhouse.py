@@ -115,3 +115,94 @@ class ThreadClients:
                     continue
             self._all.clear()
         self._local = threading.local()
+
+
+class ClickHouseSink:
+    """Writes batches to ``events``, ``sessions``, ``invalid_events`` and ``fx_rates``.
+
+    Before inserting, the batches' offset ranges are recorded in ``sink_batches`` (the *intents*).
+    Each batch is then inserted with its token as ``insert_deduplication_token``; a retried or
+    replayed batch (same range, same token) is dropped by ClickHouse. After a crash,
+    :meth:`intents` returns the ranges to cut again, so the replay carries the same tokens.
+
+    Parameters:
+        client: a sync client on the trackflow database (used from one thread).
+        group: the consumer group, recorded with the intents.
+        retention_months: ``app_id -> months`` lookup for the rows' TTL (default 24).
+    """
+
+    name = "clickhouse"
+
+    def __init__(
+        self,
+        client: Client,
+        group: str,
+        retention_months: Any = None,
+    ) -> None:
+        self.client = client
+        self.group = group
+        self._retention = retention_months
+        self.inserts = 0
+
+    def _months(self, app_id: str) -> int:
+        if self._retention is None:
+            return 24
+        return int(self._retention(app_id))
+
+    def write(self, batches: Any) -> None:
+        from sinks.rows import EVENTS, INVALID, SESSIONS, fx_to_arrow
+
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return
+        try:
+            self.client.insert(
+                "sink_batches",
+                [[self.group, b.topic, b.partition, b.first_offset, b.last_offset, len(b), b.token] for b in batches],
+                column_names=["group_id", "topic", "partition", "first_offset", "last_offset", "rows", "token"],
+            )
+        except Exception as exc:
+            raise StorageUnavailable(f"ClickHouse did not accept the batch intents: {exc}") from exc
+        specs = {"events": EVENTS, "sessions": SESSIONS, "invalid": INVALID}
+        for b in batches:
+            try:
+                if b.kind == "fx":
+                    table, data = "fx_rates", fx_to_arrow(b.records)
+                else:
+                    spec = specs[b.kind]
+                    if b.kind in ("events", "sessions"):
+                        months: dict[str, int] = {}
+                        for r in b.records:
+                            app = r["app_id"]
+                            if app not in months:
+                                months[app] = self._months(app)
+                            r["retention_months"] = months[app]
+                    table, data = spec.table, spec.to_arrow(b.records, b.topic, b.partition, b.offsets)
+                if data.num_rows:
+                    self.client.insert_arrow(table, data, settings={"insert_deduplication_token": b.token})
+                    self.inserts += 1
+            except Exception as exc:
+                raise StorageUnavailable(
+                    f"ClickHouse insert into {b.kind} failed: {exc}", topic=b.topic, partition=b.partition,
+                    first_offset=b.first_offset, last_offset=b.last_offset,
+                    code=getattr(exc, "code", None),
+                ) from exc
+
+    def intents(self, committed: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[tuple[int, int]]]:
+        """Recorded ranges at or beyond each partition's committed offset (to replay exactly)."""
+        out: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        if not committed:
+            return out
+        rows = self.client.query(
+            "SELECT topic, partition, first_offset, last_offset FROM sink_batches FINAL "
+            "WHERE group_id = {g:String} AND topic IN {topics:Array(String)} ORDER BY first_offset",
+            parameters={"g": self.group, "topics": sorted({t for t, _ in committed})},
+        ).result_rows
+        for topic, partition, first, last in rows:
+            tp = (str(topic), int(partition))
+            if tp in committed and int(last) >= committed[tp]:
+                out.setdefault(tp, []).append((int(first), int(last)))
+        return out
+
+    def close(self) -> None:
+        self.client.close()

@@ -61,7 +61,7 @@ def render(template: str, *, database: str, cluster: str | None = None, dedup_wi
         created = _CREATE_RE.search(body)
         table = created.group(1) if created else ""
         if cluster:
-            body = _ENGINE_RE.sub(lambda m: _replicated(m, database, table), body)
+            body = _ENGINE_RE.sub(lambda m, t=table: _replicated(m, database, t), body)  # type: ignore[misc]
             body = body.replace("{dedup}", f"replicated_deduplication_window = {dedup_window}")
             body = _TABLE_RE.sub(lambda m: f"{m.group(1)}_local", body)
             body = body.replace("{on_cluster}", f"ON CLUSTER `{cluster}`")

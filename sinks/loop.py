@@ -1,0 +1,237 @@
+"""The sink's consumer loop: Kafka -> batches -> ClickHouse and Redis -> offset commit.
+
+At-least-once delivery made effectively exactly-once by idempotent writes:
+
+1. records are decoded and buffered per partition (:class:`sinks.batch.Batcher`);
+2. when a flush is due, the buffers are cut into deterministic batches, written to every sink in
+   order (ClickHouse first, then Redis), and only then are the offsets committed
+   (``enable.auto.commit=false``);
+3. a failed write keeps the same batches and retries them with exponential back-off; meanwhile the
+   assigned partitions are paused (no unbounded memory), and ``poll`` keeps the group membership;
+4. on assignment, the ranges a previous owner recorded but did not commit are planned again, so the
+   replay carries the same deduplication tokens.
+
+``TRACKFLOW_SINK_CRASH_AFTER_INSERT=1`` (tests only) makes the process ``os._exit(99)`` right after its
+first ClickHouse insert, before Redis and before the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from schemas import Codec
+from sinks.base import Batch, Sink
+from sinks.batch import Batcher
+from sinks.clickhouse import ClickHouseSink
+from sinks.exceptions import SinkError
+from sinks.settings import SinkSettings
+from trackflow.config import KafkaSettings, Topics
+
+log = logging.getLogger("trackflow.sink")
+
+
+class SinkLoop:
+    """Consumes the enriched, sessions, invalid and FX topics into the sinks.
+
+    Parameters:
+        kafka: Kafka settings (bootstrap, topics).
+        settings: batching and retry settings.
+        clickhouse: the ClickHouse sink (also the keeper of batch intents).
+        others: further sinks written after ClickHouse (Redis).
+        codecs: decoder per kind (``events``, ``sessions``, ``invalid``, ``fx``).
+        topics: the topic names; default from ``kafka``.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: SinkSettings,
+        clickhouse: ClickHouseSink,
+        others: Sequence[Sink],
+        codecs: dict[str, Codec],
+        topics: Topics | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.clickhouse = clickhouse
+        self.sinks: list[Any] = [clickhouse, *others]
+        self.codecs = codecs
+        t = topics or kafka.topics
+        self.kinds = {t.enriched: "events", t.sessions: "sessions", t.invalid: "invalid", t.fx: "fx"}
+        self.batcher = Batcher(settings.sink_batch_rows, settings.sink_batch_age_s)
+        self.stop_event = threading.Event()
+        self.pending: list[Batch] = []
+        self.paused = False
+        self.stats: dict[str, Any] = {
+            "rows_written": 0, "batches_written": 0, "flushes": 0, "write_failures": 0,
+            "decode_errors": 0, "last_flush_at": None, "last_error": None, "healthy": True,
+        }
+        self._consumer: Consumer | None = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self.on_flush: Callable[[list[Batch]], None] | None = None
+
+    # -- Kafka plumbing --------------------------------------------------------------------
+
+    def _make_consumer(self) -> Consumer:
+        return Consumer({
+            **self.kafka.client_config(),
+            "group.id": self.settings.sink_group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+        })
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except Exception as exc:
+            log.warning("could not read committed offsets: %s", exc)
+            return
+        offsets = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+        for attempt in range(5):
+            try:
+                plans = self.clickhouse.intents(offsets)
+                break
+            except Exception as exc:
+                log.warning("could not read batch intents (attempt %d): %s", attempt + 1, exc)
+                time.sleep(min(2**attempt, 5))
+        else:
+            plans = {}
+        now = time.monotonic()
+        for (topic, partition), ranges in plans.items():
+            log.info("replaying %d recorded batch range(s) of %s/%d", len(ranges), topic, partition)
+            self.batcher.plan(topic, partition, ranges, self.kinds[topic], now)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._flush(force=True)
+        except SinkError as exc:
+            log.warning("flush on revoke failed, the records will be redelivered: %s", exc)
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        self.batcher.drop(tps)
+        self.pending = [b for b in self.pending if (b.topic, b.partition) not in tps]
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; flush and commit what is buffered before returning."""
+        consumer = self._consumer = self._make_consumer()
+        consumer.subscribe(list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        try:
+            while not self.stop_event.is_set():
+                timeout = 0.1 if (self.paused or self.pending) else min(0.25, self.settings.sink_batch_age_s)
+                msgs = consumer.consume(num_messages=10_000, timeout=timeout)
+                now = time.monotonic()
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", err)
+                        continue
+                    self._add(m, now)
+                if self.batcher.rows >= self.settings.sink_max_buffer_rows and not self.paused:
+                    self._pause()
+                if self.pending or self.batcher.due(now) or self.paused:
+                    try:
+                        self._flush()
+                    except SinkError:
+                        pass
+            try:
+                self._flush(force=True)
+            except SinkError as exc:
+                log.warning("final flush failed; uncommitted records will be redelivered: %s", exc)
+        finally:
+            consumer.close()
+            self._consumer = None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _add(self, m: Any, now: float) -> None:
+        topic = m.topic()
+        kind = self.kinds.get(topic)
+        if kind is None:
+            return
+        try:
+            record = self.codecs[kind].decode(m.value(), topic)
+        except Exception as exc:
+            self.stats["decode_errors"] += 1
+            log.error("undecodable record at %s/%d@%d skipped: %s", topic, m.partition(), m.offset(), exc)
+            return
+        self.batcher.add(topic, m.partition(), m.offset(), record, kind, now)
+
+    def _pause(self) -> None:
+        if self._consumer is not None and not self.paused:
+            self._consumer.pause(self._consumer.assignment())
+            self.paused = True
+
+    def _resume(self) -> None:
+        if self._consumer is not None and self.paused:
+            self._consumer.resume(self._consumer.assignment())
+            self.paused = False
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.pending and now < self._retry_at and not force:
+            return
+        if not self.pending:
+            if not (force or self.batcher.due(now) or self.paused):
+                return
+            self.pending = self.batcher.take(now)
+        if not self.pending:
+            if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
+                self._resume()
+            return
+        try:
+            self._write(self.pending)
+        except SinkError as exc:
+            self.stats["write_failures"] += 1
+            self.stats["last_error"] = str(exc)
+            self.stats["healthy"] = False
+            self._backoff = min(max(self._backoff * 2, 0.2), self.settings.sink_retry_max_s)
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning("write failed, retrying in %.1fs (consumption paused): %s", self._backoff, exc)
+            self._pause()
+            raise
+        self._commit(self.pending)
+        self.stats["rows_written"] += sum(len(b) for b in self.pending)
+        self.stats["batches_written"] += len(self.pending)
+        self.stats["flushes"] += 1
+        self.stats["last_flush_at"] = time.time()
+        self.stats["healthy"] = True
+        if self.on_flush is not None:
+            self.on_flush(self.pending)
+        self.pending = []
+        self._backoff = 0.0
+        if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
+            self._resume()
+
+    def _write(self, batches: list[Batch]) -> None:
+        for i, sink in enumerate(self.sinks):
+            sink.write(batches)
+            if i == 0 and self.settings.sink_crash_after_insert and self.clickhouse.inserts > 0:
+                log.error("TRACKFLOW_SINK_CRASH_AFTER_INSERT: exiting after the first insert, before the commit")
+                os._exit(99)
+
+    def _commit(self, batches: list[Batch]) -> None:
+        ends: dict[tuple[str, int], int] = {}
+        for b in batches:
+            tp = (b.topic, b.partition)
+            ends[tp] = max(ends.get(tp, -1), b.last_offset + 1)
+        if not ends or self._consumer is None:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(ends.items())]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # a rebalance in between: the new owner replays, idempotently
+            log.warning("offset commit failed (records will be replayed idempotently): %s", exc)

@@ -1,0 +1,254 @@
+"""Live counters in Redis: planned from a batch (pure), applied by a Lua script (idempotent).
+
+Keys (``P`` = ``RedisSettings.redis_key_prefix``, ``A`` = app id, minutes and days in UTC)::
+
+    P live:A:epm:<minute epoch s>       hash  event name -> events in that minute      TTL 2 h
+    P live:A:dau:users:<YYYYMMDD>       HLL   user keys active that day                TTL 3 d
+    P live:A:dau:devices:<YYYYMMDD>     HLL   device ids active that day               TTL 3 d
+    P live:A:online                     zset  user key -> last event time (ms)         TTL 2 x window
+    P live:A:revenue_usd:<YYYYMMDD>     int   in-range revenue that day, micro-USD     TTL 3 d
+    P live:A:errors:<minute epoch s>    hash  error level -> error events              TTL 2 h
+    P live:A:invalid:<minute epoch s>   hash  dead-letter reason -> count              TTL 2 h
+    P sink:offsets:<group>              hash  "topic/partition" -> last applied offset
+
+Buckets follow the event's time. :func:`plan` aggregates a batch into few operations (one HINCRBY
+per minute and name, one PFADD per day, ...); ``live.lua`` applies them and records the batch's
+last offset in the same atomic step, so a replayed batch changes nothing. :func:`live_tiles` reads
+the dashboard's live tiles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis as redis_lib
+
+from sinks.base import Batch, Record
+from sinks.exceptions import StorageUnavailable
+
+MINUTE_TTL_S = 2 * 3600
+DAY_TTL_S = 3 * 86400
+CHUNK = 1000
+Op = tuple[str, str, int, list[str]]
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d")
+
+
+def live_key(prefix: str, app_id: str, *parts: object) -> str:
+    """``<prefix>live:<app>:<part>:...``."""
+    return ":".join([f"{prefix}live", app_id, *(str(p) for p in parts)])
+
+
+def offsets_key(prefix: str, group: str) -> str:
+    return f"{prefix}sink:offsets:{group}"
+
+
+def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int = 300) -> list[Op]:
+    """The counter updates of a batch, aggregated (pure)."""
+    if kind == "invalid":
+        return _plan_invalid(records, prefix)
+    if kind != "events":
+        return []
+    epm: dict[tuple[str, int, str], int] = defaultdict(int)
+    users: dict[tuple[str, str], set[str]] = defaultdict(set)
+    devices: dict[tuple[str, str], set[str]] = defaultdict(set)
+    online: dict[str, dict[str, int]] = defaultdict(dict)
+    revenue: dict[tuple[str, str], int] = defaultdict(int)
+    errors: dict[tuple[str, int, str], int] = defaultdict(int)
+    for r in records:
+        app = r["app_id"]
+        ts = int(r["event_time"])
+        minute = ts // 60_000 * 60
+        day = _day(ts)
+        epm[(app, minute, r.get("event") or r.get("type") or "")] += 1
+        users[(app, day)].add(r["user_key"])
+        devices[(app, day)].add(r.get("device_id") or r["user_key"])
+        seen = online[app]
+        if ts > seen.get(r["user_key"], -1):
+            seen[r["user_key"]] = ts
+        usd = r.get("revenue_usd")
+        if usd is not None and r.get("revenue_in_range", True):
+            revenue[(app, day)] += round(float(usd) * 1_000_000)
+        level = r.get("error_level")
+        if level:
+            errors[(app, minute, level)] += 1
+    ops: list[Op] = []
+    for (app, minute, name), n in sorted(epm.items()):
+        ops.append(("H", live_key(prefix, app, "epm", minute), MINUTE_TTL_S, [name, str(n)]))
+    for (app, day), members in sorted(users.items()):
+        ops.extend(_chunks("P", live_key(prefix, app, "dau", "users", day), DAY_TTL_S, sorted(members)))
+    for (app, day), members in sorted(devices.items()):
+        ops.extend(_chunks("P", live_key(prefix, app, "dau", "devices", day), DAY_TTL_S, sorted(members)))
+    for app, seen in sorted(online.items()):
+        key = live_key(prefix, app, "online")
+        pairs = [x for user, ts in sorted(seen.items()) for x in (str(ts), user)]
+        for i in range(0, len(pairs), 2 * CHUNK):
+            ops.append(("Z", key, 2 * online_window_s, pairs[i : i + 2 * CHUNK]))
+        horizon = max(seen.values()) - 2 * online_window_s * 1000
+        ops.append(("R", key, 2 * online_window_s, [str(horizon)]))
+    for (app, day), micros in sorted(revenue.items()):
+        ops.append(("I", live_key(prefix, app, "revenue_usd", day), DAY_TTL_S, [str(micros)]))
+    for (app, minute, level), n in sorted(errors.items()):
+        ops.append(("H", live_key(prefix, app, "errors", minute), MINUTE_TTL_S, [level, str(n)]))
+    return ops
+
+
+def _plan_invalid(records: Sequence[Record], prefix: str) -> list[Op]:
+    counts: dict[tuple[str, int, str], int] = defaultdict(int)
+    for r in records:
+        app = r.get("app_id") or ""
+        if not app:
+            continue
+        minute = int(r.get("failed_at") or 0) // 60_000 * 60
+        counts[(app, minute, r.get("reason") or "")] += 1
+    return [
+        ("H", live_key(prefix, app, "invalid", minute), MINUTE_TTL_S, [reason, str(n)])
+        for (app, minute, reason), n in sorted(counts.items())
+    ]
+
+
+def _chunks(op: str, key: str, ttl: int, members: list[str]) -> list[Op]:
+    return [(op, key, ttl, members[i : i + CHUNK]) for i in range(0, len(members), CHUNK)]
+
+
+def script_args(batch: Batch, ops: list[Op]) -> list[str]:
+    """ARGV of ``live.lua`` for a batch (pure)."""
+    args = [f"{batch.topic}/{batch.partition}", str(batch.first_offset), str(batch.last_offset)]
+    for op, key, ttl, values in ops:
+        args.extend([op, key, str(ttl), str(len(values)), *values])
+    return args
+
+
+LUA = resources.files("sinks").joinpath("live.lua").read_text(encoding="utf-8")
+
+
+class RedisSink:
+    """Applies the live counters of events and dead letters, idempotently per batch.
+
+    Parameters:
+        client: a ``redis.Redis``.
+        prefix: the key prefix (``RedisSettings.redis_key_prefix``).
+        group: the consumer group; last applied offsets are kept per group and partition.
+        online_window_s: the "online now" window.
+    """
+
+    name = "redis"
+
+    def __init__(self, client: redis_lib.Redis[Any], prefix: str, group: str, online_window_s: int = 300) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.group = group
+        self.online_window_s = online_window_s
+        self._script = client.register_script(LUA)
+
+    def write(self, batches: Sequence[Batch]) -> None:
+        relevant = [b for b in batches if b.kind in ("events", "invalid") and len(b)]
+        if not relevant:
+            return
+        okey = offsets_key(self.prefix, self.group)
+        try:
+            fields = [f"{b.topic}/{b.partition}" for b in relevant]
+            applied = self.client.hmget(okey, fields)
+            pipe = self.client.pipeline(transaction=False)
+            n = 0
+            for batch, last in zip(relevant, applied, strict=True):
+                b = batch if last is None else _after(batch, int(last))
+                if not len(b):
+                    continue
+                ops = plan(b.records, b.kind, self.prefix, self.online_window_s)
+                self._script(keys=[okey], args=script_args(b, ops), client=pipe)
+                n += 1
+            if n:
+                pipe.execute()
+        except redis_lib.RedisError as exc:
+            b0 = relevant[0]
+            raise StorageUnavailable(
+                f"redis write failed: {exc}", topic=b0.topic, partition=b0.partition,
+                first_offset=b0.first_offset, last_offset=b0.last_offset,
+            ) from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _after(batch: Batch, last: int) -> Batch:
+    """The part of a batch beyond an already applied offset."""
+    if batch.first_offset > last:
+        return batch
+    idx = [i for i, o in enumerate(batch.offsets) if o > last]
+    return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx],
+                 [batch.records[i] for i in idx], batch.kind)
+
+
+def live_tiles(
+    client: redis_lib.Redis[Any], prefix: str, app_id: str, now: float | None = None, online_window_s: int = 300
+) -> dict[str, Any]:
+    """The dashboard's live tiles of one app.
+
+    Returns ``events_per_minute`` (sliding 60 s: this minute plus the elapsed share of the previous
+    one), ``events_last_minute_by_name`` (the previous complete minute), ``events_series`` (totals of
+    the last 30 minutes, oldest first), ``online_now`` (users with an event or heartbeat in the last
+    ``online_window_s``), ``dau_users``/``dau_devices`` (HyperLogLog, today UTC),
+    ``revenue_today_usd``, ``errors_last_hour`` (level -> count) and ``dead_letters_last_hour``
+    (reason -> count).
+    """
+    now = time.time() if now is None else now
+    minute = int(now) // 60 * 60
+    day = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+    pipe = client.pipeline(transaction=False)
+    series = [minute - 60 * i for i in range(29, -1, -1)]
+    for m in series:
+        pipe.hgetall(live_key(prefix, app_id, "epm", m))
+    hour = [minute - 60 * i for i in range(59, -1, -1)]
+    for m in hour:
+        pipe.hgetall(live_key(prefix, app_id, "errors", m))
+    for m in hour:
+        pipe.hgetall(live_key(prefix, app_id, "invalid", m))
+    pipe.zcount(live_key(prefix, app_id, "online"), int((now - online_window_s) * 1000), "+inf")
+    pipe.pfcount(live_key(prefix, app_id, "dau", "users", day))
+    pipe.pfcount(live_key(prefix, app_id, "dau", "devices", day))
+    pipe.get(live_key(prefix, app_id, "revenue_usd", day))
+    res = pipe.execute()
+    epm = [_decode_hash(h) for h in res[:30]]
+    errors = _sum_hashes(res[30:90])
+    invalid = _sum_hashes(res[90:150])
+    online, dau_u, dau_d, rev = res[150:154]
+    this_minute = sum(epm[-1].values())
+    prev_minute = sum(epm[-2].values())
+    share = 1.0 - (now - minute) / 60.0
+    return {
+        "app_id": app_id,
+        "as_of": datetime.fromtimestamp(now, UTC).isoformat(),
+        "events_per_minute": round(this_minute + prev_minute * share),
+        "events_this_minute": this_minute,
+        "events_last_minute_by_name": dict(sorted(epm[-2].items())),
+        "events_series": [
+            {"minute": datetime.fromtimestamp(m, UTC).isoformat(), "events": sum(h.values())}
+            for m, h in zip(series, epm, strict=True)
+        ],
+        "online_now": int(online),
+        "dau_users": int(dau_u),
+        "dau_devices": int(dau_d),
+        "revenue_today_usd": round(int(rev or 0) / 1_000_000, 6),
+        "errors_last_hour": errors,
+        "dead_letters_last_hour": invalid,
+    }
+
+
+def _decode_hash(h: dict[Any, Any]) -> dict[str, int]:
+    return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in h.items()}
+
+
+def _sum_hashes(hashes: list[dict[Any, Any]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for h in hashes:
+        for k, v in _decode_hash(h).items():
+            out[k] += v
+    return dict(sorted(out.items()))
