@@ -1,73 +1,327 @@
-"""``trackflow demo``: run the whole pipeline locally and show the results; ``demo stop`` ends it.
+"""``trackflow demo``: the whole pipeline on the embedded default, with realistic traffic.
 
-For now it brings the local stack up and round-trips a few Avro events through Kafka; the full
-pipeline orchestration (collector, worker, sink, simulate, report) grows here.
+Steps (each printed as it runs):
+
+1. bring the local stack up (Kafka, Redis, embedded ClickHouse) and the topics;
+2. reset the demo's data (topics, ClickHouse, Redis keys, worker state) so every run is the same;
+3. load the FX rates fixture onto the compacted rates topic;
+4. start the collector, a pipeline worker and the sink (which serves the read API and the
+   dashboard) as background processes, logging to ``<home>/logs/`` and recorded by pid in
+   ``<home>/run/``;
+5. run ``trackflow simulate`` (seeded) through the collector's HTTP API;
+6. wait until every accepted event is visible in ClickHouse;
+7. print a summary report and the dashboard URL, and leave the services running.
+
+``trackflow demo stop`` stops the demo's services by pid (``make stop`` also stops the stack).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+import shutil
+import sys
 import time
-import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
-from confluent_kafka import Consumer, Producer
+import httpx
+import orjson
 
-from schemas import codec_from_settings, defaults
 from trackflow import stack as local_stack
-from trackflow.config import KafkaSettings
+from trackflow.config import CoreSettings, KafkaSettings, RedisSettings
+
+SERVICES = ("collector", "worker", "sink")
+REPO = local_stack.REPO_ROOT
+FX_FIXTURE = REPO / "tests" / "fixtures" / "fx" / "rates.csv"
+COLLECTOR_PORT = 8080
+READ_API_PORT = 8081
 
 
-def round_trip(n: int = 5) -> float:
-    """Produce ``n`` RawEvents to the raw topic and read them back; returns seconds taken."""
+def _say(step: str) -> None:
+    click.secho(f"==> {step}", bold=True, err=True)
+
+
+def demo_dir(core: CoreSettings) -> Path:
+    d = core.home / "demo"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _read_key(core: CoreSettings) -> str:
+    """The demo's admin read key, created once and kept in a 0600 file."""
+    path = demo_dir(core) / "read_key"
+    if not path.exists():
+        path.write_text("tfr_admin_" + secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def service_env(core: CoreSettings) -> dict[str, str]:
+    """Environment of the demo's services."""
+    env = dict(os.environ)
+    env.update({
+        "TRACKFLOW_HOME": str(core.home.resolve()),
+        "TRACKFLOW_READ_KEY": _read_key(core),
+        "TRACKFLOW_COLLECTOR_HOST": "127.0.0.1",
+        "TRACKFLOW_COLLECTOR_PORT": str(COLLECTOR_PORT),
+        "TRACKFLOW_READ_API_HOST": "127.0.0.1",
+        "TRACKFLOW_READ_API_PORT": str(READ_API_PORT),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _trackflow() -> list[str]:
+    return [sys.executable, "-m", "trackflow"]
+
+
+def start_services(core: CoreSettings, paths: local_stack.StackPaths) -> dict[str, str]:
+    """Start collector, worker and sink unless running. Returns what was done per service."""
+    env = service_env(core)
+    cmds = {
+        "collector": [*_trackflow(), "collector", "--host", "127.0.0.1", "--port", str(COLLECTOR_PORT)],
+        "worker": [*_trackflow(), "worker"],
+        "sink": [*_trackflow(), "sink"],
+    }
+    done = {}
+    for name in SERVICES:
+        if local_stack.read_pid(paths.pidfile(name)) is not None:
+            done[name] = "already running"
+            continue
+        local_stack.start_process(cmds[name], pidfile=paths.pidfile(name), logfile=paths.logfile(name),
+                                  env=env, cwd=REPO)
+        done[name] = f"started, log {paths.logfile(name)}"
+    return done
+
+
+def stop_services(paths: local_stack.StackPaths) -> dict[str, str]:
+    return {name: ("stopped" if local_stack.stop_process(paths.pidfile(name), grace=30) else "was not running")
+            for name in SERVICES}
+
+
+def _http_ok(url: str, **kw: Any) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0, **kw).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(paths: local_stack.StackPaths, key: str) -> None:
+    checks: dict[str, Callable[[], bool]] = {
+        "collector": lambda: _http_ok(f"http://127.0.0.1:{COLLECTOR_PORT}/readyz"),
+        "sink": lambda: _http_ok(f"http://127.0.0.1:{READ_API_PORT}/api/apps", headers={"X-Read-Key": key}),
+    }
+    for name, check in checks.items():
+        def alive_and(check: Callable[[], bool] = check, name: str = name) -> bool:
+            if local_stack.read_pid(paths.pidfile(name)) is None:
+                raise click.ClickException(f"{name} exited; see {paths.logfile(name)}")
+            return check()
+
+        local_stack.wait_until(alive_and, timeout=120, what="ready", service=name)
+
+
+def reset_data(core: CoreSettings) -> None:
+    """Forget the demo's previous run: topics, embedded ClickHouse, worker state, Redis keys."""
+    from confluent_kafka.admin import AdminClient
+
     kafka = KafkaSettings()
-    topic = kafka.topics.raw
-    raw = codec_from_settings("raw_event")
+    admin = AdminClient(kafka.client_config())
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)
+             or t.startswith("trackflow-")]
+    if names:
+        for fut in admin.delete_topics(names, request_timeout=30).values():
+            with contextlib.suppress(Exception):
+                fut.result()
+        local_stack.wait_until(
+            lambda: not (set(names) & set(admin.list_topics(timeout=10).topics)),
+            timeout=60, what="topic deletion", service="kafka")
+    for sub in ("chdb", "worker", "faust"):
+        shutil.rmtree(core.home / sub, ignore_errors=True)
+    import redis
+
+    rs = RedisSettings()
+    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+    for k in r.scan_iter(match=f"{rs.redis_key_prefix}*", count=1000):
+        r.delete(k)
+    local_stack.ensure_topics(kafka)
+
+
+def _run(args: list[str], env: dict[str, str]) -> str:
+    import subprocess
+
+    res = subprocess.run([*_trackflow(), *args], capture_output=True, text=True, env=env, cwd=REPO)
+    if res.returncode != 0:
+        raise click.ClickException(f"trackflow {' '.join(args[:2])} failed:\n{res.stderr[-3000:]}")
+    return res.stdout
+
+
+class ReadApi:
+    """A small client of the sink's read API."""
+
+    def __init__(self, key: str, base: str = f"http://127.0.0.1:{READ_API_PORT}") -> None:
+        self.client = httpx.Client(base_url=base, headers={"X-Read-Key": key}, timeout=60.0)
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        r = self.client.post("/api/sql", json={"sql": query})
+        r.raise_for_status()
+        rows: list[dict[str, Any]] = r.json()["rows"]
+        return rows
+
+    def metric(self, name: str, app: str, start: str, end: str, **params: Any) -> list[dict[str, Any]]:
+        r = self.client.get(f"/api/metrics/{name}", params={"app": app, "from": start, "to": end, **params})
+        r.raise_for_status()
+        rows: list[dict[str, Any]] = r.json()["rows"]
+        return rows
+
+
+def wait_visible(api: ReadApi, expected_events: int, expected_invalid: int, timeout: float = 600) -> float:
+    """Poll ClickHouse until every expected event and dead letter is stored. Returns seconds waited."""
     t0 = time.monotonic()
-    p = Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})
-    ids = set()
-    for i in range(n):
-        rec = defaults("raw_event")
-        mid = f"demo-{uuid.uuid4()}"
-        ids.add(mid)
-        rec.update(message_id=mid, type="track", event="demo_ping", app_id="demo", anonymous_id=f"dev{i}",
-                   received_at=int(time.time() * 1000))
-        p.produce(topic, key=f"demo:dev{i}".encode(), value=raw.encode(rec, topic))
-    p.flush(30)
-    c = Consumer({**kafka.client_config(), "group.id": f"demo-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
-    seen: set[str] = set()
-    deadline = time.monotonic() + 30
-    while ids - seen and time.monotonic() < deadline:
-        for m in c.consume(500, timeout=0.5):
-            value = m.value()
-            if m.error() is None and value is not None:
-                rec = raw.decode(value, topic)
-                seen.add(rec["message_id"])
-    c.close()
-    if ids - seen:
-        raise click.ClickException(f"{len(ids - seen)} of {n} events did not come back from Kafka")
-    return time.monotonic() - t0
+    last = (-1, -1)
+    while time.monotonic() - t0 < timeout:
+        try:
+            ev = api.sql("SELECT uniqExact(message_id) AS n FROM events")[0]["n"]
+            inv = api.sql("SELECT count() AS n FROM invalid_events")[0]["n"]
+        except httpx.HTTPError:
+            ev, inv = last
+        if (ev, inv) != last:
+            click.echo(f"    visible: {ev}/{expected_events} events, {inv}/{expected_invalid} dead letters",
+                       err=True)
+            last = (ev, inv)
+        if ev >= expected_events and inv >= expected_invalid:
+            return time.monotonic() - t0
+        time.sleep(1.0)
+    raise click.ClickException(f"timed out: {last[0]}/{expected_events} events and "
+                               f"{last[1]}/{expected_invalid} dead letters visible after {timeout:.0f}s")
+
+
+def _table(title: str, rows: list[dict[str, Any]], limit: int = 20) -> None:
+    click.echo(f"\n{title}")
+    if not rows:
+        click.echo("  (no rows)")
+        return
+    cols = list(rows[0])
+    shown = rows[:limit]
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in shown)) for c in cols}
+    click.echo("  " + "  ".join(c.ljust(widths[c]) for c in cols))
+    for r in shown:
+        click.echo("  " + "  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
+    if len(rows) > limit:
+        click.echo(f"  ... {len(rows) - limit} more rows")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}"
+    if isinstance(v, (list, dict)):
+        return orjson.dumps(v).decode()
+    return str(v)
+
+
+REPORT_METRICS = (
+    ("DAU / WAU / MAU (users)", "active-series"),
+    ("new, retained, re-engaged users", "user-types"),
+    ("retention (day-N by cohort)", "retention"),
+    ("sessions", "sessions"),
+    ("funnel", "funnel"),
+    ("revenue (USD and reporting currency)", "revenue"),
+    ("revenue by currency", "revenue-by-currency"),
+    ("errors", "errors"),
+    ("attribution", "attribution"),
+)
+
+
+def print_report(api: ReadApi, sim: dict[str, Any], keys: dict[str, Any], waited: float) -> None:
+    """The summary: every metric of both apps, checked against what simulate sent."""
+    exp = sim["expected"]
+    start, end = exp["start"], exp["end"]
+    click.secho("\n================ trackflow demo report ================", bold=True)
+    click.echo(f"simulated {exp['users']} users over {exp['days']} days ({start} .. {end}), seed {exp['seed']}")
+    click.echo(f"sent {exp['sent']} events; expected stored {exp['expected_stored']} after removing "
+               f"{sum(exp['duplicates'].values())} duplicates and {sum(exp['invalid'].values())} invalid")
+    stored = api.sql("SELECT app_id, uniqExact(message_id) AS events, count() AS rows_without_final "
+                     "FROM events GROUP BY app_id ORDER BY app_id")
+    _table("stored events (ClickHouse)", stored)
+    dl = api.sql("SELECT reason, count() AS n FROM invalid_events GROUP BY reason ORDER BY reason")
+    _table("dead letters by reason (expected: " + ", ".join(f"{k} {v}" for k, v in
+                                                            sorted(exp["invalid"].items())) + ")", dl)
+    total = sum(r["events"] for r in stored)
+    match = "MATCHES" if total == exp["expected_stored"] else "DIFFERS FROM"
+    click.echo(f"\n{total} events stored {match} the {exp['expected_stored']} simulate expected")
+    for kind, app_id in ((k, v["app_id"]) for k, v in keys.items()):
+        click.secho(f"\n---------------- {kind} ({app_id}) ----------------", bold=True)
+        for title, name in REPORT_METRICS:
+            try:
+                rows = api.metric(name, app_id, start, end)
+            except httpx.HTTPStatusError as exc:
+                click.echo(f"\n{title}: {exc.response.status_code} {exc.response.text[:200]}")
+                continue
+            _table(title, rows, limit=16)
+    lat = api.sql(
+        "SELECT quantile(0.5)(l) AS p50_s, quantile(0.95)(l) AS p95_s, quantile(0.99)(l) AS p99_s, "
+        "max(l) AS max_s FROM (SELECT dateDiff('millisecond', received_at, inserted_at) / 1000 AS l "
+        "FROM events)"
+    )
+    _table("end-to-end latency, collector receipt -> stored in ClickHouse (seconds)", lat)
+    click.echo(f"\nall accepted events visible {waited:.1f}s after the simulation finished")
 
 
 @click.group("demo", invoke_without_command=True)
+@click.option("--users", default=200, show_default=True, help="Simulated users (half game, half shop).")
+@click.option("--days", default=14, show_default=True, help="Days of backdated history.")
+@click.option("--seed", default=42, show_default=True, help="Simulation seed.")
+@click.option("--keep-data", is_flag=True, help="Do not reset the previous demo's data first.")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Bring up the local stack, run the pipeline with realistic traffic, print a report."""
+def demo(ctx: click.Context, users: int, days: int, seed: int, keep_data: bool) -> None:
+    """Run the whole pipeline locally with realistic traffic, print a report, leave it running."""
     if ctx.invoked_subcommand is not None:
         return
-    for name, what in local_stack.up().items():
-        click.echo(f"{name:<11} {what}")
-    for name, info in local_stack.status().items():
-        click.echo(f"{name:<11} {'up' if info['ok'] else 'DOWN'}  {info['address']}")
-    took = round_trip()
-    click.echo(f"round-trip: 5 Avro events through {KafkaSettings().topics.raw} in {took:.2f}s")
+    core = CoreSettings()
+    paths = local_stack.StackPaths.from_settings(core)
+    _say("local stack")
+    for name, what in local_stack.up(core).items():
+        click.echo(f"    {name:<11} {what}", err=True)
+    env = service_env(core)
+    if not keep_data:
+        _say("reset the previous demo's data")
+        stop_services(paths)
+        reset_data(core)
+    _say("FX rates fixture -> rates topic")
+    click.echo("    " + _run(["fx", "load", str(FX_FIXTURE)], env).strip().replace("\n", "\n    "), err=True)
+    _say("start collector, worker, sink")
+    for name, what in start_services(core, paths).items():
+        click.echo(f"    {name:<11} {what}", err=True)
+    key = env["TRACKFLOW_READ_KEY"]
+    wait_healthy(paths, key)
+    _say(f"simulate {users} users x {days} days (seed {seed})")
+    keys_file = demo_dir(core) / "keys.json"
+    out = demo_dir(core) / "simulate.json"
+    click.echo(_run(["simulate", "--collector", f"http://127.0.0.1:{COLLECTOR_PORT}", "--users", str(users),
+                     "--days", str(days), "--seed", str(seed), "--keys-file", str(keys_file), "--register",
+                     "--out", str(out)], env))
+    sim = orjson.loads(out.read_bytes())
+    keys = orjson.loads(keys_file.read_bytes())
+    _say("wait until every accepted event is visible in ClickHouse")
+    api = ReadApi(key)
+    exp = sim["expected"]
+    waited = wait_visible(api, exp["expected_stored"], sum(exp["invalid"].values()))
+    print_report(api, sim, keys, waited)
+    url = f"http://127.0.0.1:{READ_API_PORT}/?key={key}&from={exp['start']}&to={exp['end']}"
+    click.secho(f"\nDashboard: {url}", bold=True)
+    click.echo(f"Reports:   .venv/bin/trackflow report dau --app game --from {exp['start']} --to {exp['end']}")
+    click.echo("Stop:      make stop")
 
 
 @demo.command("stop")
 def stop() -> None:
-    """Stop the demo's services (the stack is stopped by ``trackflow stack down``)."""
-    click.echo("demo services stopped")
+    """Stop the demo's collector, worker and sink by pid."""
+    paths = local_stack.StackPaths.from_settings(CoreSettings())
+    for name, what in stop_services(paths).items():
+        click.echo(f"{name:<11} {what}")
 
 
 commands = [demo]
