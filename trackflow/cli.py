@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "collector.cli",
     "pipeline.cli",
     "trackflow.simulate_cli",
+    "trackflow.replay",
 ]
 
 
