@@ -1,6 +1,7 @@
 // Chart builders: pure functions turning read-API rows into an Apache ECharts option.
-// Each builder returns {option, points}: `points` is the number of data points drawn, which the page
-// exposes as data-points="N" on the chart's container (the browser test reads it).
+// Each builder returns {option, points}: `points` is the number of non-zero data points drawn, which
+// the page exposes as data-points="N" on the chart's container (the browser test reads it); a chart
+// whose values are all zero or missing counts as empty.
 // Column names follow sinks/metrics.py; `pick` accepts a few aliases so a renamed column degrades
 // to an empty chart rather than an exception.
 
@@ -27,7 +28,7 @@ function countPoints(option) {
     for (const d of s.data || []) {
       const v = Array.isArray(d) ? d[d.length - 1] : (d && typeof d === "object" ? d.value : d);
       const vv = Array.isArray(v) ? v[v.length - 1] : v;
-      if (vv !== null && vv !== undefined && vv !== "-") n += 1;
+      if (vv !== null && vv !== undefined && vv !== "-" && vv !== 0) n += 1;
     }
   }
   return n;
@@ -72,6 +73,28 @@ function build(option) {
   return { option, points: countPoints(option) };
 }
 
+function retentionOption(cohorts, ns, data) {
+  const option = {
+    animation: false,
+    tooltip: {
+      position: "top",
+      formatter: (p) => `cohort ${cohorts[p.value[1]]}, day ${ns[p.value[0]]}: ${p.value[2]}%`,
+    },
+    grid: { left: 48, right: 16, top: 10, bottom: 64, containLabel: true },
+    xAxis: { type: "category", data: ns.map((n) => `D${n}`), splitArea: { show: true } },
+    yAxis: { type: "category", data: cohorts, splitArea: { show: true } },
+    visualMap: {
+      min: 0, max: 100, calculable: false, orient: "horizontal", left: "center", bottom: 0,
+      itemHeight: 160, itemWidth: 12, text: ["100%", "0%"], showLabel: false, inRange: { color: ["#eef3fb", "#2f6fde", "#0b2d6b"] },
+    },
+    series: [{
+      name: "retention", type: "heatmap", data,
+      label: { show: data.length <= 160, formatter: (p) => `${Math.round(p.value[2])}`, fontSize: 9 },
+    }],
+  };
+  return option;
+}
+
 export const builders = {
   active(rows) {
     return build(series(rows, [["dau", "DAU"], ["wau", "WAU"], ["mau", "MAU"]]));
@@ -86,43 +109,29 @@ export const builders = {
   },
 
   retention(rows) {
-    // rows: one per (cohort, day N) with a rate (0..1 or percent) and/or retained / cohort size.
-    const cohorts = [...new Set(rows.map((r) => String(pick(r, "cohort", "cohort_date", "day")).slice(0, 10)))].sort();
-    const ns = [...new Set(rows.map((r) => num(pick(r, "day_n", "n", "offset", "period"))))]
+    // rows: one per (cohort, day N) with a rate (0..1) and/or active keys and the cohort size;
+    // cohort "all" is the pooled rate (drawn as the top row).
+    const cohortOf = (r) => String(pick(r, "cohort", "cohort_date")).slice(0, 10);
+    const nOf = (r) => num(pick(r, "day_n", "n", "day"));
+    const cohorts = [...new Set(rows.map(cohortOf))].sort();
+    const ns = [...new Set(rows.map(nOf))]
       .filter((n) => n !== null).sort((a, b) => a - b);
     const data = [];
     for (const r of rows) {
-      const c = cohorts.indexOf(String(pick(r, "cohort", "cohort_date", "day")).slice(0, 10));
-      const n = ns.indexOf(num(pick(r, "day_n", "n", "offset", "period")));
+      const c = cohorts.indexOf(cohortOf(r));
+      const n = ns.indexOf(nOf(r));
       let rate = num(pick(r, "rate", "retention", "pct"));
       if (rate === null) {
         const size = num(pick(r, "cohort_size", "size", "cohort_users"));
-        const kept = num(pick(r, "retained", "users", "active"));
+        const kept = num(pick(r, "active", "retained", "users"));
         rate = size ? kept / size : null;
       }
       if (c < 0 || n < 0 || rate === null) continue;
       const pct = rate <= 1 ? rate * 100 : rate;
       data.push([n, c, Math.round(pct * 10) / 10]);
     }
-    const option = {
-      animation: false,
-      tooltip: {
-        position: "top",
-        formatter: (p) => `cohort ${cohorts[p.value[1]]}, day ${ns[p.value[0]]}: ${p.value[2]}%`,
-      },
-      grid: { left: 48, right: 16, top: 10, bottom: 64, containLabel: true },
-      xAxis: { type: "category", data: ns.map((n) => `D${n}`), splitArea: { show: true } },
-      yAxis: { type: "category", data: cohorts, splitArea: { show: true } },
-      visualMap: {
-        min: 0, max: 100, calculable: true, orient: "horizontal", left: "center", bottom: 0,
-        itemHeight: 160, itemWidth: 12, text: ["100%", "0%"], showLabel: false, inRange: { color: ["#eef3fb", "#2f6fde", "#0b2d6b"] },
-      },
-      series: [{
-        name: "retention", type: "heatmap", data,
-        label: { show: data.length <= 120, formatter: (p) => `${Math.round(p.value[2])}` , fontSize: 10 },
-      }],
-    };
-    return build(option);
+    // a heatmap cell of 0 % is still a drawn point: count cells, not non-zero values
+    return { option: retentionOption(cohorts, ns, data), points: data.length, height: Math.max(280, 16 * cohorts.length + 110) };
   },
 
   "session-histogram"(rows) {
@@ -142,10 +151,10 @@ export const builders = {
     return build(option);
   },
 
-  funnel(rows) {
+  funnel(rows, ctx = {}) {
     const data = rows.map((r, i) => ({
       name: String(pick(r, "step_name", "name", "event", "step") ?? `step ${i + 1}`),
-      value: num(pick(r, "users", "devices", "count", "reached", "value")),
+      value: num(pick(r, ctx.by || "users", "users", "devices", "count", "reached", "value")),
     }));
     const first = data.length ? data[0].value || 0 : 0;
     const option = {
@@ -163,7 +172,16 @@ export const builders = {
   },
 
   sessions(rows) {
-    return build(series(rows, [["sessions", "sessions", ["count"]]], { type: "bar" }));
+    // sessions per day (bars, left axis) and duration p50 / p90 (lines, right axis, seconds)
+    const option = series(rows, [["sessions", "sessions", ["count"]]], { type: "bar" });
+    option.yAxis = [{ type: "value", name: "sessions" }, { type: "value", name: "duration (s)", splitLine: { show: false } }];
+    for (const [key, label] of [["p50_s", "p50 duration"], ["p90_s", "p90 duration"]]) {
+      option.series.push({
+        name: label, type: "line", yAxisIndex: 1, showSymbol: false,
+        data: rows.map((r) => (num(r.sessions) ? num(r[key]) : null)),
+      });
+    }
+    return build(option);
   },
 
   revenue(rows, ctx = {}) {
@@ -216,12 +234,14 @@ export const builders = {
 
   "dead-letters"(rows) {
     const sorted = [...rows].sort((a, b) => (num(pick(a, "events", "count", "n")) || 0) - (num(pick(b, "events", "count", "n")) || 0));
+    const stages = new Set(rows.map((r) => r.stage));
+    const label = (r) => (stages.size > 1 ? `${r.stage}: ${pick(r, "reason") ?? "?"}` : String(pick(r, "reason") ?? "?"));
     const option = base({
       legend: { show: false },
       tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
       grid: { left: 16, right: 24, top: 10, bottom: 24, containLabel: true },
       xAxis: { type: "value" },
-      yAxis: { type: "category", data: sorted.map((r) => String(pick(r, "reason") ?? "?")) },
+      yAxis: { type: "category", data: sorted.map(label) },
       series: [{ name: "dead letters", type: "bar", color: "#c8372d", data: sorted.map((r) => num(pick(r, "events", "count", "n"))) }],
     });
     return build(option);
@@ -230,18 +250,18 @@ export const builders = {
   attribution(rows, ctx = {}) {
     const by = ctx.by || "users";
     const labels = rows.map((r) => {
-      const src = pick(r, "media_source") ?? "(organic)";
+      const src = pick(r, "media_source") ?? "(none)";
       const camp = pick(r, "campaign");
-      return camp ? `${src} / ${camp}` : String(src);
+      return camp && camp !== "(none)" ? `${src} / ${camp}` : String(src);
     });
     const option = base({
       tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },
       grid: { left: 16, right: 24, top: 30, bottom: 24, containLabel: true },
-      xAxis: { type: "value" },
+      xAxis: [{ type: "value", position: "bottom" }, { type: "value", position: "top", splitLine: { show: false } }],
       yAxis: { type: "category", data: labels },
       series: [
-        { name: by, type: "bar", data: rows.map((r) => num(pick(r, by, "users", "devices", "count"))) },
-        { name: "revenue (USD)", type: "bar", data: rows.map((r) => num(pick(r, "revenue_usd", "revenue"))) },
+        { name: by, type: "bar", xAxisIndex: 0, data: rows.map((r) => num(pick(r, by, "users", "devices", "count"))) },
+        { name: "revenue (USD)", type: "bar", xAxisIndex: 1, data: rows.map((r) => num(pick(r, "revenue_usd", "revenue"))) },
       ],
     });
     return build(option);

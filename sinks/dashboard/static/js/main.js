@@ -73,21 +73,28 @@ async function loadChart(el) {
   const f = filters();
   const query = { app: f.app, from: f.from, to: f.to, by: f.by };
   if (kind === "funnel") {
-    query.steps = $("#funnel-steps").value.split(",").map((s) => s.trim()).filter(Boolean).join(",");
+    const steps = $("#funnel-steps").value.split(",").map((s) => s.trim()).filter(Boolean);
+    if (steps.length < 2) {
+      chartFor(el).clear();
+      markChart(el, "empty", 0, "enter 2 or more event or screen names above");
+      return;
+    }
+    query.steps = steps.join(",");
     query.window = $("#funnel-window").value;
+    try {
+      localStorage.setItem(`trackflow.funnel.${f.app}`, query.steps);
+    } catch (_) { /* storage disabled */ }
   }
   el.dataset.state = "loading";
   try {
     const body = await getMetric(metricOf[kind], query);
     if (seq !== el.tfSeq) return; // a newer load of this chart superseded this one
     const rows = Array.isArray(body.rows) ? body.rows : [];
-    if (kind === "funnel" && !$("#funnel-steps").value.trim() && rows.length) {
-      const names = rows.map((r) => r.step_name ?? r.name ?? r.event ?? r.step).filter((s) => s !== undefined);
-      $("#funnel-steps").value = names.join(", ");
-    }
     const app = apps.find((a) => a.app_id === f.app) || {};
-    const { option, points } = builders[kind](rows, { by: f.by, reportingCurrency: app.reporting_currency });
+    const { option, points, height } = builders[kind](rows, { by: f.by, reportingCurrency: app.reporting_currency });
+    el.style.height = height ? `${height}px` : "";
     const inst = chartFor(el);
+    inst.resize();
     inst.clear();
     if (points > 0) inst.setOption(option, true);
     markChart(el, points > 0 ? "ok" : "empty", points, points > 0 ? "" : "no data in this range");
@@ -153,12 +160,19 @@ async function startLive() {
   liveStream = openLiveStream(app, renderLive, setLiveState);
 }
 
+function savedSteps(app) {
+  try {
+    return localStorage.getItem(`trackflow.funnel.${app}`) || "";
+  } catch (_) {
+    return "";
+  }
+}
+
 async function init() {
   const [from, to] = defaultRange();
   $("#f-from").value = params.get("from") || from;
   $("#f-to").value = params.get("to") || to;
   $("#f-by").value = params.get("by") === "devices" ? "devices" : "users";
-  $("#funnel-steps").value = params.get("steps") || "";
   if (params.get("window")) $("#funnel-window").value = params.get("window");
   try {
     apps = await listApps();
@@ -171,6 +185,7 @@ async function init() {
   sel.replaceChildren(...apps.map((a) => new Option(`${a.name} (${a.app_id})`, a.app_id)));
   const wanted = params.get("app");
   if (wanted && apps.some((a) => a.app_id === wanted)) sel.value = wanted;
+  $("#funnel-steps").value = params.get("steps") || savedSteps(sel.value);
   if (!apps.length) {
     setStatus("no apps registered", "error");
     return;
@@ -180,7 +195,7 @@ async function init() {
     loadCharts();
   });
   sel.addEventListener("change", () => {
-    $("#funnel-steps").value = "";
+    $("#funnel-steps").value = savedSteps(sel.value);
     startLive();
     loadCharts();
   });
