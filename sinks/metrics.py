@@ -355,28 +355,34 @@ def errors(client: Client, app_id: str, date_from: date, date_to: date, by: str 
     return main
 
 
+_REVENUE_ROWS = """
+    SELECT event_date AS day, ifNull(product_id, '') AS product, ifNull(currency, 'USD') AS cur, {key} AS k,
+           ifNull(revenue, 0) AS amount, ifNull(revenue_usd, 0) AS usd, ifNull(revenue_reporting, 0) AS rep,
+           revenue_usd IS NULL AS unconverted, revenue_in_range AS ok, reporting_currency AS rc
+    FROM events FINAL
+    WHERE app_id = {{app:String}} AND event_date BETWEEN {{from:Date}} AND {{to:Date}} AND revenue IS NOT NULL"""
+
+
 def revenue(client: Client, app_id: str, date_from: date, date_to: date, by: str = "users", **params: Any) -> list[Row]:
     """Revenue per day (``group=day``) or per product/bundle (``group=product``); out-of-range excluded."""
     key = _key(by)
     group = params.get("group") or "day"
     if group not in ("day", "product"):
         raise MetricError("group must be 'day' or 'product'", param="group")
-    dim = "event_date AS day" if group == "day" else "ifNull(product_id, '') AS product_id"
-    dim_name = "day" if group == "day" else "product_id"
+    dim = "day" if group == "day" else "product AS product_id"
+    order = "day" if group == "day" else "revenue_usd DESC, product_id"
     sql = f"""
         SELECT {dim},
-               round(sumIf(revenue_usd, revenue_in_range), 6) AS revenue_usd,
-               round(sumIf(revenue_reporting, revenue_in_range), 6) AS revenue_reporting,
-               anyLast(reporting_currency) AS reporting_currency,
-               countIf(revenue_in_range) AS purchases,
-               uniqExactIf({key}, revenue_in_range) AS payers,
-               countIf(NOT revenue_in_range) AS out_of_range,
-               round(sumIf(revenue_usd, NOT revenue_in_range), 6) AS out_of_range_usd,
-               countIf(revenue_usd IS NULL) AS unconverted
-        FROM events FINAL
-        WHERE app_id = {{app:String}} AND event_date BETWEEN {{from:Date}} AND {{to:Date}}
-          AND revenue IS NOT NULL
-        GROUP BY {dim_name} ORDER BY {"day" if group == "day" else "revenue_usd DESC, product_id"}"""
+               round(sumIf(usd, ok), 6) AS revenue_usd,
+               round(sumIf(rep, ok), 6) AS revenue_reporting,
+               anyLast(rc) AS reporting_currency,
+               countIf(ok) AS purchases,
+               uniqExactIf(k, ok) AS payers,
+               countIf(NOT ok) AS out_of_range,
+               round(sumIf(usd, NOT ok), 6) AS out_of_range_usd,
+               countIf(unconverted) AS unconverted
+        FROM ({_REVENUE_ROWS.format(key=key)})
+        GROUP BY {"day" if group == "day" else "product"} ORDER BY {order}"""
     return _query(client, sql, _base(app_id, date_from, date_to))
 
 
@@ -386,15 +392,10 @@ def revenue_by_currency(
     """In-range revenue by original currency: the original amount and its USD value."""
     key = _key(by)
     sql = f"""
-        SELECT ifNull(currency, 'USD') AS currency,
-               round(sumIf(revenue, revenue_in_range), 6) AS revenue,
-               round(sumIf(revenue_usd, revenue_in_range), 6) AS revenue_usd,
-               countIf(revenue_in_range) AS purchases, uniqExactIf({key}, revenue_in_range) AS payers,
-               countIf(NOT revenue_in_range) AS out_of_range
-        FROM events FINAL
-        WHERE app_id = {{app:String}} AND event_date BETWEEN {{from:Date}} AND {{to:Date}}
-          AND revenue IS NOT NULL
-        GROUP BY currency ORDER BY revenue_usd DESC, currency"""
+        SELECT cur AS currency, round(sumIf(amount, ok), 6) AS revenue, round(sumIf(usd, ok), 6) AS revenue_usd,
+               countIf(ok) AS purchases, uniqExactIf(k, ok) AS payers, countIf(NOT ok) AS out_of_range
+        FROM ({_REVENUE_ROWS.format(key=key)})
+        GROUP BY cur ORDER BY revenue_usd DESC, currency"""
     return _query(client, sql, _base(app_id, date_from, date_to))
 
 
