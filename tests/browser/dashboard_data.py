@@ -146,7 +146,7 @@ def _session(
 
     add("track", "session_start")
     for i, screen in enumerate(FUNNEL):
-        if i and rng.random() > 0.7:
+        if i and rng.random() > 0.65:
             break
         add("screen", screen, {"name": screen})
     if events[-1]["event"] == "checkout":
@@ -209,10 +209,11 @@ def _session(
     return events, session
 
 
-def build_dataset(app_id: str, now: datetime, users: int = 36, seed: int = 7) -> Dataset:
+def build_dataset(app_id: str, now: datetime, users: int = 50, seed: int = 7) -> Dataset:
     """A deterministic dataset for the dashboard over the ``DAYS`` days ending ``now`` (pure).
 
-    Regular users start on a spread of days and come back on about half the later days; four
+    Regular users form ten cohorts (first seen 2, 6, ..., 38 days ago) and come back with a decaying
+    probability; every third one is active today; four
     "returning" users are active 44 days ago, then not for 40 days (re-engaged); today's sessions
     start 20 minutes before ``now`` (clamped to today), so the "events per minute" tile starts at 0.
     """
@@ -221,8 +222,9 @@ def build_dataset(app_id: str, now: datetime, users: int = 36, seed: int = 7) ->
     out = Dataset([], [], [])
     plan: dict[str, list[int]] = {}
     for i in range(users):
-        first = 1 + (i * 7) % (DAYS - 2)
-        plan[f"user{i:02d}"] = [first] + [d for d in range(first - 1, -1, -1) if rng.random() < 0.5]
+        first = 2 + 4 * (i % 10)  # ten cohorts of five users, 2 to 38 days ago
+        later = [d for d in range(first - 1, -1, -1) if rng.random() < 0.7 * 0.93 ** (first - d)]
+        plan[f"user{i:02d}"] = [first, *later] + ([0] if i % 3 == 0 else [])
     for i in range(4):
         plan[f"back{i}"] = [DAYS - 1, DAYS - 2, 3, 1]
     for n, (user, days_ago) in enumerate(sorted(plan.items())):

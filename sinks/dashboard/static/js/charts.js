@@ -38,11 +38,18 @@ function base(extra = {}) {
   return {
     color: PALETTE,
     animation: false,
-    grid: { left: 48, right: 16, top: 36, bottom: 32, containLabel: true },
+    grid: { left: 48, right: 44, top: 36, bottom: 32, containLabel: true },
     tooltip: { trigger: "axis" },
     legend: { top: 0, type: "scroll" },
     ...extra,
   };
+}
+
+/** Seconds as a short duration label: 45 -> "45s", 300 -> "5m", 3600 -> "1h". */
+export function duration(s) {
+  if (s >= 3600 && s % 3600 === 0) return `${s / 3600}h`;
+  if (s >= 60 && s % 60 === 0) return `${s / 60}m`;
+  return `${s}s`;
 }
 
 function dayOf(row) {
@@ -136,15 +143,14 @@ export const builders = {
 
   "session-histogram"(rows) {
     const labels = rows.map((r) => {
-      const label = pick(r, "bucket", "label", "range");
-      if (label !== undefined) return String(label);
-      const lo = pick(r, "lo", "from_s", "min_s", "le_lo");
-      const hi = pick(r, "hi", "to_s", "max_s", "le");
-      return hi === undefined || hi === null ? `${lo}s+` : `${lo}–${hi}s`;
+      const lo = num(pick(r, "lo_s", "lo"));
+      const hi = num(pick(r, "hi_s", "hi"));
+      if (lo !== null) return hi === null ? `${duration(lo)}+` : `${duration(lo)}–${duration(hi)}`;
+      return String(pick(r, "bucket", "label", "range") ?? "?");
     });
     const option = base({
       legend: { show: false },
-      xAxis: { type: "category", data: labels, name: "duration", nameLocation: "middle", nameGap: 24 },
+      xAxis: { type: "category", data: labels, name: "duration", nameLocation: "middle", nameGap: 26, axisLabel: { interval: 0, fontSize: 11 } },
       yAxis: { type: "value", name: "sessions" },
       series: [{ name: "sessions", type: "bar", data: rows.map((r) => num(pick(r, "sessions", "count", "n"))) }],
     });
