@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "pipeline.cli",
     "trackflow.simulate_cli",
     "trackflow.replay",
+    "sinks.cli",
 ]
 
 
