@@ -220,8 +220,8 @@ def build_app(
     enriched_topic = app.topic(topics.enriched, key_serializer="raw", value_serializer="raw")
     invalid_topic = app.topic(topics.invalid, key_serializer="raw", value_serializer="raw")
     sessions_topic = app.topic(topics.sessions, key_serializer="raw", value_serializer="raw")
-    devices = app.Table("devices", partitions=partitions, key_serializer="raw", value_serializer="raw")
-    seen = app.Table("seen", partitions=partitions, key_serializer="raw", value_serializer="raw")
+    devices = app.Table("devices", partitions=partitions, key_type=bytes, value_type=bytes)
+    seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
 
     registry = open_registry()
     rates = RateTable()

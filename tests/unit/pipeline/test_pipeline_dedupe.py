@@ -1,0 +1,44 @@
+"""Dedupe rules: message_id (24 h) and identical content (10 s), windows configurable."""
+
+from __future__ import annotations
+
+from pipeline import dedupe
+from pipeline.reasons import Reason
+
+T0 = 1_790_000_000_000
+H24 = 24 * 3_600_000
+
+
+def test_message_id_window():
+    reason, entry = dedupe.check_message_id(None, T0, (0, 1), H24)
+    assert reason is None and entry == [T0 + H24, 0, 1]
+    assert dedupe.check_message_id(entry, T0 + H24 - 1, (0, 2), H24)[0] is Reason.DUPLICATE_MESSAGE_ID
+    reason, new = dedupe.check_message_id(entry, T0 + H24, (0, 3), H24)  # expired: state is gone
+    assert reason is None and new == [T0 + 2 * H24, 0, 3]
+
+
+def test_replay_of_the_same_record_is_not_a_duplicate():
+    _, entry = dedupe.check_message_id(None, T0, (2, 40), H24)
+    assert dedupe.check_message_id(entry, T0, (2, 40), H24) == (None, None)
+
+
+def test_content_window_at_9_9_and_10_1_seconds():
+    recent: dict = {}
+    assert dedupe.check_content(recent, "d", T0, (0, 1), 10_000) is None
+    assert dedupe.check_content(recent, "d", T0 + 9_900, (0, 2), 10_000) is Reason.DUPLICATE_CONTENT
+    assert dedupe.check_content(recent, "d", T0 + 10_100, (0, 3), 10_000) is None
+
+
+def test_content_state_expires_with_the_window():
+    recent: dict = {}
+    dedupe.check_content(recent, "a", T0, (0, 1), 10_000)
+    dedupe.check_content(recent, "b", T0 + 20_000, (0, 2), 10_000)
+    assert set(recent) == {"b"}
+
+
+def test_digest_is_canonical_and_covers_name_and_device():
+    d1 = dedupe.content_digest({"app_id": "a", "event": "x"}, "dev", {"a": 1, "b": [1, 2]}, {})
+    d2 = dedupe.content_digest({"app_id": "a", "event": "x"}, "dev", {"b": [1, 2], "a": 1}, {})
+    assert d1 == d2
+    assert d1 != dedupe.content_digest({"app_id": "a", "event": "y"}, "dev", {"a": 1, "b": [1, 2]}, {})
+    assert d1 != dedupe.content_digest({"app_id": "a", "event": "x"}, "dev2", {"a": 1, "b": [1, 2]}, {})
