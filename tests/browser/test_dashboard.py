@@ -50,7 +50,7 @@ def _wait_for_metrics(
     last: dict[str, Any] = {}
     while pending and time.monotonic() < deadline:
         for chart, metric in list(pending.items()):
-            params = {"app": app_id, "from": date_from, "to": date_to, "by": "users"}
+            params: dict[str, Any] = {"app": app_id, "from": date_from, "to": date_to, "by": "users"}
             if metric == "funnel":
                 params.update(steps=",".join(FUNNEL), window=86400)
             try:
