@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -30,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from collector import auth
+from collector.encoder import raw_event_encoder
 from collector.exceptions import PublishError
 from collector.mapping import (
     EnvelopeError,
@@ -42,6 +42,7 @@ from collector.mapping import (
     map_appsflyer,
     map_segment,
     mask_ip,
+    new_message_id,
 )
 from collector.metrics import CONTENT_TYPE_LATEST, CollectorMetrics
 from collector.openapi import openapi_document
@@ -98,6 +99,7 @@ class Collector:
         self.kafka = kafka or KafkaSettings()
         self.topic = self.kafka.topics.raw
         self.codec = codec or codec_from_settings("raw_event")
+        self.encode = raw_event_encoder(self.codec)
         self.publisher = publisher
         self._own_publisher = publisher is None
         self.metrics = CollectorMetrics()
@@ -176,7 +178,7 @@ class Collector:
         return Stamp(
             app_id=app.app_id,
             received_at=time.time_ns() // 1_000_000,
-            request_id=req_id or uuid.uuid4().hex,
+            request_id=req_id or new_message_id(),
             ip=ip,
             user_agent=headers.get("user-agent"),
             fallback_anonymous_id=headers.get("x-anonymous-id") or req_id or None,
@@ -223,7 +225,7 @@ class Collector:
                     {"Retry-After": str(RateLimiter.retry_after(wait))},
                 )
             topic = self.topic
-            encode = self.codec.encode
+            encode = self.encode
             try:
                 messages = [(kafka_key(r), encode(r, topic)) for r in events]
             except SerdeError as exc:

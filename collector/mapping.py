@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,6 +145,38 @@ class _Invalid(Exception):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+class _IdPool:
+    """Random (version 4) UUID strings, drawn from the OS RNG 1024 at a time (uuid4() is slow).
+
+    The pool is dropped in a forked child, so two processes never hand out the same ids.
+    """
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._pid = os.getpid()
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():
+            self._ids = []
+            self._pid = os.getpid()
+        try:
+            return self._ids.pop()
+        except IndexError:
+            h = os.urandom(16 * 1024).hex()
+            self._ids = [
+                f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{_VARIANT[h[i + 16]]}"
+                f"{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+                for i in range(0, len(h), 32)
+            ]
+            return self._ids.pop()
+
+
+#: a new random message id
+new_message_id = _IdPool()
 
 
 def mask_ip(ip: str) -> str:
@@ -346,7 +379,7 @@ def _segment_one(
         traits = ctx.get("traits")
     rec["traits"], _ = _obj_text(traits, "traits")
 
-    rec["message_id"] = _identity(msg.get("messageId"), "messageId") or str(uuid.uuid4())
+    rec["message_id"] = _identity(msg.get("messageId"), "messageId") or new_message_id()
     rec["anonymous_id"] = _identity(msg.get("anonymousId"), "anonymousId") or stamp.fallback_anonymous_id
     rec["user_id"] = _identity(msg.get("userId"), "userId")
     if mtype in ("page", "screen"):
@@ -457,7 +490,7 @@ def _app_tracking_one(
         if isinstance(ctx_value, dict):
             ctx_value = {**ctx_value, "extra": extra}
     rec["context"], ctx = _obj_text(ctx_value, "context")
-    rec["message_id"] = _identity(obj.get("uuid"), "uuid") or str(uuid.uuid4())
+    rec["message_id"] = _identity(obj.get("uuid"), "uuid") or new_message_id()
     rec["user_id"] = _identity(obj.get("user_id"), "user_id")
     rec["anonymous_id"] = (
         _identity(obj.get("anonymous_id"), "anonymous_id")
@@ -547,7 +580,7 @@ def _appsflyer_one(obj: dict[str, Any], index: int, stamp: Stamp, limits: Limits
         )
         rec["message_id"] = str(uuid.uuid5(APPSFLYER_NAMESPACE, basis))
     else:
-        rec["message_id"] = str(uuid.uuid4())
+        rec["message_id"] = new_message_id()
     rec["library"] = _library(None, stamp.user_agent)
     return _finish(rec, index, limits)
 

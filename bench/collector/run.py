@@ -1,0 +1,268 @@
+"""Collector benchmark: events/s, requests/s and latency percentiles against the local stack.
+
+Runs, on one collector worker process (uvicorn + uvloop + httptools) and the broker of the local
+stack (``TRACKFLOW_KAFKA_BOOTSTRAP``, default 127.0.0.1:19092):
+
+1. the limit: a raw confluent-kafka producer (same settings as the collector) publishing the same
+   pre-encoded RawEvents, in this process;
+2. single-event ``/v1/track`` requests: saturation (closed loop), then a fixed offered rate of half
+   the saturation rate (open loop, latency from the scheduled send time);
+3. ``/v1/batch`` with 100 events per request: saturation, then half of it.
+
+The load generator (``loadgen.py``) is a separate process. Usage::
+
+    .venv/bin/python bench/collector/run.py [--duration 8] [--profile]
+
+``--profile`` runs the collector under pyinstrument and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def segment_event(i: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "anonymousId": f"device-{i % 5000}",
+        "userId": f"user-{i % 3000}",
+        "event": "Product Viewed",
+        "properties": {"product_id": f"sku-{i % 700}", "price": 19.99, "currency": "EUR", "position": i % 10},
+        "context": {
+            "library": {"name": "analytics.js", "version": "4.1.0"},
+            "locale": "en-GB",
+            "page": {"path": "/products", "url": "https://shop.example/products"},
+        },
+        "timestamp": "2026-11-20T10:00:00.000Z",
+    }
+
+
+def raw_producer_limit(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+    """Publish ``n`` pre-encoded RawEvents with the collector's producer settings; events/s."""
+    from confluent_kafka import Producer
+
+    from collector.mapping import Limits, Stamp, kafka_key, map_segment
+    from collector.publisher import producer_config
+    from collector.settings import CollectorSettings
+    from schemas import codec
+    from trackflow.config import KafkaSettings
+
+    raw = codec("raw_event")
+    stamp = Stamp(app_id="bench", received_at=int(time.time() * 1000), request_id="r", ip="127.0.0.1")
+    batch = map_segment({"batch": [segment_event(i) for i in range(1000)]}, stamp, Limits(), None).events
+    msgs = [(kafka_key(r), raw.encode(r, topic)) for r in batch]
+    conf = producer_config(KafkaSettings(kafka_bootstrap=bootstrap), CollectorSettings())
+    p = Producer(conf)
+    delivered = 0
+
+    def cb(err: Any, _m: Any) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    p.produce(topic, msgs[0][1], msgs[0][0], on_delivery=cb)
+    p.flush(10)
+    delivered = 0
+    t0 = time.perf_counter()
+    for i in range(n):
+        k, v = msgs[i % len(msgs)]
+        while True:
+            try:
+                p.produce(topic, v, k, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if i % 1000 == 0:
+            p.poll(0)
+    p.flush(60)
+    dt = time.perf_counter() - t0
+    return {
+        "events": n,
+        "delivered": delivered,
+        "seconds": dt,
+        "events_per_s": delivered / dt,
+        "avg_event_bytes": sum(len(v) for _, v in msgs) / len(msgs),
+    }
+
+
+def loadgen(
+    port: int,
+    key: str,
+    bodies: Path,
+    path: str,
+    per_req: int,
+    mode: str,
+    connections: int,
+    duration: float,
+    rate: float | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        PY,
+        str(HERE / "loadgen.py"),
+        "--port",
+        str(port),
+        "--key",
+        key,
+        "--bodies",
+        str(bodies),
+        "--path",
+        path,
+        "--events-per-request",
+        str(per_req),
+        "--mode",
+        mode,
+        "--connections",
+        str(connections),
+        "--duration",
+        str(duration),
+    ]
+    if rate is not None:
+        cmd += ["--rate", str(rate)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def fmt(r: dict[str, Any]) -> str:
+    return (
+        f"{r['requests_per_s']:>9.0f} req/s {r['events_per_s']:>9.0f} ev/s   p50 {r['p50_ms']:6.2f} ms  "
+        f"p99 {r['p99_ms']:6.2f} ms  p99.9 {r['p999_ms']:7.2f} ms   statuses {r['statuses']}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    ap.add_argument("--profile", action="store_true", help="run the collector under pyinstrument")
+    ap.add_argument("--baseline-events", type=int, default=300_000)
+    a = ap.parse_args()
+
+    from trackflow.apps import AppRegistry
+    from trackflow.config import KafkaSettings
+    from trackflow.stack import ensure_topics, kafka_healthy
+
+    bootstrap = os.environ.get("TRACKFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    if not kafka_healthy(bootstrap):
+        sys.exit(f"Kafka at {bootstrap} is not answering: run `trackflow stack up` first")
+    tmp = Path(tempfile.mkdtemp(prefix="tf-bench-collector-"))
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    kafka = KafkaSettings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
+    ensure_topics(kafka)
+    _, key, _ = AppRegistry(tmp / "apps.json").add("Bench", app_id="bench")
+    single = tmp / "single.json"
+    single.write_text(json.dumps([segment_event(i) for i in range(2000)]))
+    batched = tmp / "batch.json"
+    batched.write_text(
+        json.dumps([{"batch": [segment_event(j * 100 + i) for i in range(100)]} for j in range(50)])
+    )
+
+    print(f"# collector benchmark  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}")
+    base = raw_producer_limit(bootstrap, kafka.topics.raw, a.baseline_events)
+    print(
+        f"limit: raw confluent-kafka producer, pre-encoded RawEvents ({base['avg_event_bytes']:.0f} B): "
+        f"{base['events_per_s']:.0f} events/s ({base['delivered']} in {base['seconds']:.2f} s)"
+    )
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRACKFLOW_HOME": str(tmp),
+        "TRACKFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "TRACKFLOW_TOPIC_PREFIX": prefix,
+        "TRACKFLOW_COLLECTOR_RATE_LIMIT_EPS": "0",
+    }
+    prof_out = tmp / "profile.txt"
+    if a.profile:
+        cmd = [
+            PY,
+            "-m",
+            "pyinstrument",
+            "-r",
+            "text",
+            "-o",
+            str(prof_out),
+            "--show-all",
+            str(HERE / "serve.py"),
+            str(port),
+        ]
+    else:
+        cmd = [PY, str(HERE / "serve.py"), str(port)]
+    log = open(tmp / "collector.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        results: dict[str, Any] = {"limit_events_per_s": base["events_per_s"]}
+        for name, path, per_req, body_file, conns in (
+            ("single", "/v1/track", 1, single, 32),
+            ("batch100", "/v1/batch", 100, batched, 16),
+        ):
+            sat = loadgen(port, key, body_file, path, per_req, "closed", conns, a.duration)
+            print(f"{name:9s} saturation        {fmt(sat)}")
+            half = sat["requests_per_s"] / 2
+            fixed = loadgen(
+                port, key, body_file, path, per_req, "open", max(conns, 64), a.duration, rate=half
+            )
+            print(f"{name:9s} fixed {half:7.0f} req/s {fmt(fixed)}")
+            results[name] = {"saturation": sat, "fixed_half": fixed}
+            print(
+                f"{name:9s} collector / raw producer limit = {sat['events_per_s'] / base['events_per_s']:.3f}"
+            )
+        single_ok = (
+            results["single"]["saturation"]["requests_per_s"] >= 5000
+            and results["single"]["fixed_half"]["p99_ms"] <= 25
+        )
+        batch_ok = results["batch100"]["saturation"]["events_per_s"] >= 50_000
+        print(
+            f"targets: batched >= 50k ev/s: {'met' if batch_ok else 'NOT met'};  single >= 5k req/s with "
+            f"p99 <= 25 ms at half saturation: {'met' if single_ok else 'NOT met'}"
+        )
+        (tmp / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"# raw results: {tmp / 'results.json'}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(kafka.client_config())
+        for fut in admin.delete_topics(kafka.topics.all(), request_timeout=30).values():
+            try:
+                fut.result()
+            except Exception:  # best effort on a shared broker
+                pass
+    if a.profile and prof_out.exists():
+        print("# pyinstrument profile of the collector (top of the tree):")
+        print("\n".join(prof_out.read_text().splitlines()[:120]))
+
+
+if __name__ == "__main__":
+    main()
