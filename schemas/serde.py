@@ -68,7 +68,13 @@ class SchemaVersion:
 
     @property
     def text(self) -> str:
-        return orjson.dumps(self.source).decode()
+        """The schema as registry text.
+
+        Apicurio Registry rewrites ``:"{}"`` to ``:{}`` before parsing, which turns our ``"{}"``
+        string defaults into objects and rejects the schema; a tab after the colon is the same
+        JSON and avoids that rewrite.
+        """
+        return orjson.dumps(self.source).decode().replace(':"{}"', ':\t"{}"')
 
 
 def _fp_bytes(parsed_source: dict[str, Any]) -> bytes:

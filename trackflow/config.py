@@ -185,6 +185,9 @@ class StackSettings(BaseSettings):
         stack_kafka_port / stack_controller_port: the broker and KRaft controller listeners.
         stack_redis_port: redis-server's port.
         stack_kafka_heap: JVM heap of the broker, e.g. ``512m``.
+        stack_registry / stack_registry_port: also run Apicurio Registry (Confluent-compatible API at
+            ``http://127.0.0.1:<port>/apis/ccompat/v7``); it is used only when
+            ``TRACKFLOW_SCHEMA_REGISTRY_URL`` points at it.
     """
 
     model_config = _config()
@@ -193,6 +196,8 @@ class StackSettings(BaseSettings):
     stack_controller_port: int = 19093
     stack_redis_port: int = 16379
     stack_kafka_heap: str = "768m"
+    stack_registry: bool = True
+    stack_registry_port: int = 18081
 
 
 def effective_config() -> dict[str, dict[str, Any]]:

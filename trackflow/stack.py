@@ -89,6 +89,9 @@ def read_pid(pidfile: Path) -> int | None:
     return pid
 
 
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
 def start_process(cmd: list[str], *, pidfile: Path, logfile: Path, env: dict[str, str] | None = None,
                   cwd: Path | None = None) -> int:
     """Start ``cmd`` detached (own session), logging to ``logfile``; record its pid."""
@@ -99,6 +102,7 @@ def start_process(cmd: list[str], *, pidfile: Path, logfile: Path, env: dict[str
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env, cwd=cwd,
         )
+    _CHILDREN.append(proc)  # keep the handle: the service outlives this call by design
     pidfile.write_text(str(proc.pid))
     return proc.pid
 
@@ -365,7 +369,8 @@ def ensure_topics(kafka: KafkaSettings | None = None, *, timeout: float = 30.0) 
 
 def status(core: CoreSettings | None = None) -> dict[str, dict[str, Any]]:
     """Health and address of each service of the stack as configured (local or external)."""
-    from trackflow.config import RedisSettings
+    from trackflow.config import RedisSettings, SchemaRegistrySettings
+    from trackflow.registry_stack import registry_healthy, registry_url
 
     core = core or CoreSettings()
     kafka = KafkaSettings()
@@ -375,6 +380,13 @@ def status(core: CoreSettings | None = None) -> dict[str, dict[str, Any]]:
         "kafka": {"ok": kafka_healthy(kafka.kafka_bootstrap), "address": kafka.kafka_bootstrap},
         "redis": {"ok": redis_healthy(redis_url), "address": _redact_url(redis_url)},
     }
+    registry = SchemaRegistrySettings().schema_registry_url
+    stack_settings = StackSettings()
+    if registry and not registry.startswith("mock://"):
+        out["schema_registry"] = {"ok": registry_healthy(registry), "address": _redact_url(registry)}
+    elif stack_settings.stack_registry:
+        url = registry_url(stack_settings.stack_registry_port)
+        out["schema_registry"] = {"ok": registry_healthy(url), "address": url, "in_use": False}
     if ch.is_embedded():
         path = ch.embedded_path(core).resolve()
         path.mkdir(parents=True, exist_ok=True)
@@ -412,6 +424,10 @@ def up(core: CoreSettings | None = None) -> dict[str, str]:
     s = StackSettings()
     paths = StackPaths.from_settings(core)
     done = {"kafka": start_kafka(paths, s), "redis": start_redis(paths, s)}
+    if s.stack_registry:
+        from trackflow.registry_stack import start_registry
+
+        done["registry"] = start_registry(paths, s.stack_registry_port)
     chdir = ClickHouseSettings().embedded_path(core)
     chdir.mkdir(parents=True, exist_ok=True)
     done["clickhouse"] = f"embedded data directory {chdir.resolve()}"
@@ -424,7 +440,7 @@ def down(core: CoreSettings | None = None) -> dict[str, str]:
     """Stop the local stack's processes by pid."""
     paths = StackPaths.from_settings(core)
     return {name: ("stopped" if stop_process(paths.pidfile(name)) else "was not running")
-            for name in ("redis", "kafka")}
+            for name in ("registry", "redis", "kafka")}
 
 
 # -- CLI ----------------------------------------------------------------------------------
@@ -461,7 +477,7 @@ def status_cmd(as_json: bool) -> None:
     else:
         for name, info in st.items():
             mark = "up  " if info["ok"] else "DOWN"
-            click.echo(f"{name:<11} {mark} {info['address']}")
+            click.echo(f"{name:<16} {mark} {info['address']}")
     if not all(v["ok"] for v in st.values()):
         raise SystemExit(1)
 
