@@ -6,6 +6,8 @@ import os
 
 import click
 
+from collector.settings import CollectorSettings  # registers the settings with `trackflow config`
+
 
 @click.command("collector")
 @click.option(
@@ -25,8 +27,6 @@ def collector_cmd(host: str | None, port: int | None, workers: int | None, log_l
     Every accepted request is acknowledged only after Kafka confirmed each of its events.
     """
     import uvicorn
-
-    from collector.settings import CollectorSettings
 
     s = CollectorSettings()
     host = host or s.host
