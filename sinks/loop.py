@@ -12,7 +12,8 @@ At-least-once delivery made effectively exactly-once by idempotent writes:
    replay carries the same deduplication tokens.
 
 ``TRACKFLOW_SINK_CRASH_AFTER_INSERT=1`` (tests only) makes the process ``os._exit(99)`` right after its
-first ClickHouse insert, before Redis and before the commit.
+first ClickHouse insert, before Redis and before the commit; ``TRACKFLOW_SINK_CRASH_AFTER_REDIS=1``
+``os._exit(98)`` after ClickHouse and Redis, before the commit.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class SinkLoop:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
+            "session.timeout.ms": self.settings.sink_session_timeout_ms,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
         })
@@ -222,6 +224,9 @@ class SinkLoop:
             if i == 0 and self.settings.sink_crash_after_insert and self.clickhouse.inserts > 0:
                 log.error("TRACKFLOW_SINK_CRASH_AFTER_INSERT: exiting after the first insert, before the commit")
                 os._exit(99)
+        if self.settings.sink_crash_after_redis:
+            log.error("TRACKFLOW_SINK_CRASH_AFTER_REDIS: exiting after ClickHouse and Redis, before the commit")
+            os._exit(98)
 
     def _commit(self, batches: list[Batch]) -> None:
         ends: dict[tuple[str, int], int] = {}

@@ -47,6 +47,11 @@ from trackflow.apps import App, AppRegistry
 log = logging.getLogger("trackflow.readapi")
 STATIC_DIR = Path(__file__).resolve().parent / "dashboard" / "static"
 MAX_SQL_ROWS = 10_000
+#: session settings of the clients that run user SQL: read-only for the whole session (per-query
+#: settings are applied with SET and restored on chdb, which a read-only session refuses)
+#: (``readonly`` must come last: once it is set, the session refuses further SETs)
+READONLY_SESSION: dict[str, Any] = {"max_result_rows": MAX_SQL_ROWS + 1, "result_overflow_mode": "break",
+                                    "readonly": 1}
 
 
 class ORJSONResponse(JSONResponse):
@@ -73,6 +78,7 @@ class ReadApi:
         stream_interval_s: seconds between server-sent events.
         status: callable returning the sink loop's stats for /healthz.
         embedded: whether ClickHouse is embedded (reported by /healthz).
+        sql_clients: per-thread clients whose session is read-only (default: made from ``clients``).
     """
 
     def __init__(
@@ -86,8 +92,10 @@ class ReadApi:
         stream_interval_s: float = 2.0,
         status: Callable[[], dict[str, Any]] | None = None,
         embedded: bool = True,
+        sql_clients: ThreadClients | None = None,
     ) -> None:
         self.clients = clients
+        self.sql_clients = sql_clients or ThreadClients(clients.ch, clients.core, settings=READONLY_SESSION)
         self.registry = registry
         self.admin_keys = [k for k in admin_keys if k]
         self.redis = redis
@@ -205,9 +213,7 @@ class ReadApi:
             return _error(400, str(exc), "sql")
 
         def work() -> dict[str, Any]:
-            client = self.clients.get()
-            res = client.query(stmt, settings={"readonly": 1, "max_result_rows": MAX_SQL_ROWS + 1,
-                                               "result_overflow_mode": "break"})
+            res = self.sql_clients.get().query(stmt)
             cols = list(res.column_names)
             rows = res.result_rows
             truncated = len(rows) > MAX_SQL_ROWS
@@ -259,6 +265,10 @@ class ReadApi:
         return ORJSONResponse({"service": "trackflow read API", "endpoints": [
             "/healthz", "/api/apps", "/api/metrics", "/api/metrics/{name}", "/api/sql", "/api/live",
             "/api/live/stream"]})
+
+    def close(self) -> None:
+        self.clients.close()
+        self.sql_clients.close()
 
     def asgi(self) -> Starlette:
         """The Starlette application."""

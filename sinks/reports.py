@@ -64,10 +64,10 @@ def _call(ref: ReadApiRef, method: str, path: str, **kw: Any) -> Any:
     return body
 
 
-def _direct_client() -> Any:
+def _direct_client(settings: dict[str, Any] | None = None) -> Any:
     from sinks.clickhouse import connect
 
-    return connect(ClickHouseSettings(), CoreSettings())
+    return connect(ClickHouseSettings(), CoreSettings(), settings=settings)
 
 
 def report(metric: str, app: str, date_from: str, date_to: str, by: str, params: dict[str, Any]) -> list[Any]:
@@ -98,12 +98,13 @@ def sql(statement: str) -> dict[str, Any]:
     if ref is not None:
         result: dict[str, Any] = _call(ref, "POST", "/api/sql", json={"sql": statement})
         return result
+    from sinks.readapi import READONLY_SESSION
     from sinks.sqlguard import single_statement
 
     stmt = single_statement(statement)
-    client = _direct_client()
+    client = _direct_client(READONLY_SESSION)
     try:
-        res = client.query(stmt, settings={"readonly": 1})
+        res = client.query(stmt)
         cols = list(res.column_names)
         return {"columns": cols, "rows": [dict(zip(cols, r, strict=True)) for r in res.result_rows]}
     except SinkError:

@@ -112,13 +112,17 @@ def serve(with_api: bool = True, port: int | None = None) -> None:
     _write_private(info, {"url": f"http://{host}:{bound}", "port": bound, "pid": os.getpid(), "token": token,
                           "database": ch.clickhouse_database, "embedded": ch.is_embedded()})
     thread.start()
+    # uvicorn re-raises the signal that stopped it, after restoring the previous handlers: make those
+    # ours, so the final flush, commit and clean-up below run instead of the default "terminate".
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    signal.signal(signal.SIGINT, lambda *_: loop.stop())
     server = uvicorn.Server(uvicorn.Config(api.asgi(), log_level="warning", lifespan="off"))
     try:
         server.run(sockets=[sock])
     finally:
         loop.stop()
         thread.join(30)
-        api.clients.close()
+        api.close()
         with contextlib.suppress(FileNotFoundError):
             if orjson.loads(info.read_bytes()).get("pid") == os.getpid():
                 info.unlink()

@@ -20,6 +20,8 @@ class SinkSettings(BaseSettings):
         sink_dedup_window: ``non_replicated_deduplication_window`` of the tables (blocks remembered).
         sink_crash_after_insert: test hook; the process ``os._exit(99)``s after its first ClickHouse
             insert, before Redis and the offset commit.
+        sink_crash_after_redis: test hook; ``os._exit(98)`` after the first Redis apply, before the commit.
+        sink_session_timeout_ms: Kafka group session timeout: how soon a crashed sink's partitions move.
         online_window_s: a user is "online" after an event or heartbeat in the last N seconds.
         read_api_host / read_api_port: where the sink serves the read API (``TRACKFLOW_READ_API_PORT``).
         read_key: admin read key accepted for every app (``TRACKFLOW_READ_KEY``).
@@ -35,6 +37,8 @@ class SinkSettings(BaseSettings):
     sink_retry_max_s: float = Field(default=30.0, gt=0)
     sink_dedup_window: int = Field(default=10_000, ge=1)
     sink_crash_after_insert: bool = False
+    sink_crash_after_redis: bool = False
+    sink_session_timeout_ms: int = Field(default=10_000, ge=1000)
     online_window_s: int = Field(default=300, ge=1)
     read_api_host: str = "127.0.0.1"
     read_api_port: int = 8081

@@ -41,13 +41,17 @@ function filters() {
   };
 }
 
+function funnelSteps() {
+  return $("#funnel-steps").value.split(",").map((s) => s.trim()).filter(Boolean);
+}
+
 function syncUrl() {
   const f = filters();
   const q = new URLSearchParams();
   if (readKey) q.set("key", readKey);
   for (const [k, v] of Object.entries(f)) if (v) q.set(k, v);
-  const steps = $("#funnel-steps").value.trim();
-  if (steps) q.set("steps", steps);
+  const steps = funnelSteps();
+  if (steps.length) q.set("steps", steps.join(","));
   q.set("window", $("#funnel-window").value);
   history.replaceState(null, "", `${window.location.pathname}?${q}`);
 }
@@ -73,7 +77,7 @@ async function loadChart(el) {
   const f = filters();
   const query = { app: f.app, from: f.from, to: f.to, by: f.by };
   if (kind === "funnel") {
-    const steps = $("#funnel-steps").value.split(",").map((s) => s.trim()).filter(Boolean);
+    const steps = funnelSteps();
     if (steps.length < 2) {
       chartFor(el).clear();
       markChart(el, "empty", 0, "enter 2 or more event or screen names above");
