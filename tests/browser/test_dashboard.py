@@ -7,8 +7,10 @@ when new events arrive (pushed over server-sent events, without reloading the pa
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from dashboard_data import (
@@ -69,10 +71,23 @@ def _wait_for_metrics(
     )
 
 
-def test_dashboard_renders_every_chart_and_live_tiles_update(
-    browser: Any, sink_server: SinkServer, topics: Any, app: Any
-) -> None:
-    app_obj, _write_key, _read_key = app
+@dataclass
+class Loaded:
+    """The fixture dataset, visible through the read API."""
+
+    app_id: str
+    date_from: str
+    date_to: str
+
+    def url(self, sink: SinkServer, **extra: str) -> str:
+        query = {"key": READ_KEY, "app": self.app_id, "from": self.date_from, "to": self.date_to, **extra}
+        return f"{sink.base_url}/?{urlencode(query)}"
+
+
+@pytest.fixture(scope="module")
+def loaded(sink_server: SinkServer, topics: Any, app: Any) -> Loaded:
+    """Produces the fixture dataset to the run's topics and waits until every chart's metric has rows."""
+    app_obj = app[0]
     now = datetime.now(UTC)
     data = build_dataset(app_obj.app_id, now)
     produce(topics.enriched, "enriched_event", data.events)
@@ -81,18 +96,19 @@ def test_dashboard_renders_every_chart_and_live_tiles_update(
     date_to = now.date().isoformat()
     date_from = (now.date() - timedelta(days=DAYS - 1)).isoformat()
     _wait_for_metrics(sink_server, app_obj.app_id, date_from, date_to)
+    return Loaded(app_obj.app_id, date_from, date_to)
 
+
+def test_dashboard_renders_every_chart_and_live_tiles_update(
+    browser: Any, sink_server: SinkServer, topics: Any, loaded: Loaded
+) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on(
         "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
     )
-    url = (
-        f"{sink_server.base_url}/?key={READ_KEY}&app={app_obj.app_id}&from={date_from}&to={date_to}"
-        f"&steps={','.join(FUNNEL)}"
-    )
-    page.goto(url)
+    page.goto(loaded.url(sink_server, steps=",".join(FUNNEL)))
     page.wait_for_selector("body[data-charts=done]", timeout=60_000)
 
     charts = page.eval_on_selector_all(
@@ -108,8 +124,8 @@ def test_dashboard_renders_every_chart_and_live_tiles_update(
     assert by_chart["revenue-by-currency"] == 3  # USD, EUR and GBP purchases
     assert by_chart["active"] >= 3 * 30  # DAU, WAU and MAU over (almost) every day of the range
     # the app selector lists the run's app, with the page's filters applied
-    assert page.input_value("#f-app") == app_obj.app_id
-    assert page.input_value("#f-from") == date_from
+    assert page.input_value("#f-app") == loaded.app_id
+    assert page.input_value("#f-from") == loaded.date_from
 
     # live tiles: first values arrive (initial fetch, then the SSE stream)
     page.wait_for_function("+document.querySelector('#live-state').dataset.updates >= 2", timeout=30_000)
@@ -117,7 +133,7 @@ def test_dashboard_renders_every_chart_and_live_tiles_update(
     assert before["tile-dau"] > 0, before
     updates_before = int(page.get_attribute("#live-state", "data-updates") or 0)
 
-    burst = live_burst(app_obj.app_id, datetime.now(UTC))
+    burst = live_burst(loaded.app_id, datetime.now(UTC))
     produce(topics.enriched, "enriched_event", burst)
     page.wait_for_function(
         f"+document.querySelector('#tile-dau').dataset.value > {before['tile-dau']}"
@@ -143,3 +159,32 @@ def test_dashboard_renders_every_chart_and_live_tiles_update(
 def _tiles(page: Any) -> dict[str, float]:
     values = page.eval_on_selector_all(".tile", "els => els.map(e => [e.id, e.dataset.value])")
     return {k: float(v) for k, v in values if v is not None}
+
+
+def test_funnel_steps_are_user_editable(browser: Any, sink_server: SinkServer, loaded: Loaded) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(loaded.url(sink_server, steps="home,product"))
+    page.wait_for_selector("body[data-charts=done]", timeout=60_000)
+    assert page.get_attribute("#chart-funnel", "data-points") == "2"
+
+    page.fill("#funnel-steps", "home, product, cart, checkout")
+    page.fill("#funnel-window", "3600")
+    page.click("#funnel-form button[type=submit]")
+    page.wait_for_selector("#chart-funnel[data-points='4'][data-state=ok]", timeout=30_000)
+    assert "steps=home%2Cproduct%2Ccart%2Ccheckout" in page.url
+    assert "window=3600" in page.url
+
+    page.fill("#funnel-steps", "home")
+    page.click("#funnel-form button[type=submit]")
+    page.wait_for_selector("#chart-funnel[data-state=empty]", timeout=10_000)
+    assert "2 or more" in (page.get_attribute("#chart-funnel", "data-message") or "")
+    page.close()
+
+
+def test_page_without_a_read_key_says_so(browser: Any, sink_server: SinkServer) -> None:
+    page = browser.new_page()
+    page.goto(f"{sink_server.base_url}/")
+    page.wait_for_selector("#status[data-state=error]", timeout=30_000)
+    assert "read key" in page.inner_text("#status")
+    assert page.eval_on_selector_all(".chart[data-state=ok]", "els => els.length") == 0
+    page.close()
