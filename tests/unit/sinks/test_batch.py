@@ -1,0 +1,63 @@
+"""Batching decisions of the sink loop: flush by rows and age, replay plans, revocation."""
+
+from __future__ import annotations
+
+from sinks.batch import Batcher
+
+
+def _fill(b: Batcher, offsets, t=0.0, tp=("t", 0)):
+    for o in offsets:
+        b.add(tp[0], tp[1], o, {"o": o}, "events", t)
+
+
+def test_flushes_by_rows_and_by_age():
+    b = Batcher(max_rows=5, max_age_s=1.0)
+    _fill(b, range(4))
+    assert not b.due(0.5)
+    assert b.due(1.0)  # the oldest row is 1 s old
+    _fill(b, [4])
+    assert b.due(0.1)  # 5 rows
+    batches = b.take(0.1)
+    assert [(x.first_offset, x.last_offset, x.token) for x in batches] == [(0, 4, "t/0/0-4")]
+    assert b.rows == 0 and not b.due(10.0)
+
+
+def test_one_batch_per_partition_and_redeliveries_ignored():
+    b = Batcher(max_rows=100, max_age_s=1.0)
+    _fill(b, [0, 1, 2], tp=("t", 0))
+    _fill(b, [7, 8], tp=("t", 1))
+    _fill(b, [1, 2], tp=("t", 0))  # redelivered: already buffered
+    out = {x.partition: list(x.offsets) for x in b.take(2.0)}
+    assert out == {0: [0, 1, 2], 1: [7, 8]}
+
+
+def test_replay_plan_recuts_the_same_ranges():
+    b = Batcher(max_rows=1000, max_age_s=0.1)
+    b.plan("t", 0, [(10, 14), (15, 19)], "events", 0.0)
+    _fill(b, range(10, 17))
+    first = b.take(1.0)
+    # only the first planned range is complete; 15, 16 wait for the rest of (15, 19)
+    assert [x.token for x in first] == ["t/0/10-14"]
+    assert b.rows == 2
+    _fill(b, range(17, 23))
+    second = b.take(2.0)
+    assert [x.token for x in second] == ["t/0/15-19", "t/0/20-22"]
+    assert b.rows == 0
+
+
+def test_plan_gives_up_after_timeout_on_gaps():
+    b = Batcher(max_rows=1000, max_age_s=0.1, plan_timeout_s=5.0)
+    b.plan("t", 0, [(0, 9)], "events", 0.0)
+    _fill(b, [0, 1, 2])  # offsets 3..9 never come (e.g. transaction markers)
+    assert b.take(1.0) == []
+    late = b.take(6.0)
+    assert [x.token for x in late] == ["t/0/0-2"]
+
+
+def test_drop_forgets_revoked_partitions():
+    b = Batcher(max_rows=1000, max_age_s=1.0)
+    _fill(b, range(3), tp=("t", 0))
+    _fill(b, range(2), tp=("t", 1))
+    b.drop([("t", 0)])
+    assert b.rows == 2
+    assert [x.partition for x in b.take(5.0)] == [1]

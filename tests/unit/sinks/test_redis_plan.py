@@ -1,0 +1,55 @@
+"""Aggregation of live-counter updates (pure) and the Lua script's ARGV layout."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sinks.base import Batch
+from sinks.redis import live_key, plan, script_args
+
+T0 = int(datetime(2026, 10, 1, 12, 0, 30, tzinfo=UTC).timestamp() * 1000)
+MIN = T0 // 60_000 * 60
+
+
+def ev(user, event="open", t=T0, **kw):
+    return {"app_id": "a", "user_key": user, "device_id": "d-" + user, "event": event, "type": "track",
+            "event_time": t, **kw}
+
+
+def test_events_are_aggregated_into_few_operations():
+    recs = [ev("u1"), ev("u1"), ev("u2", "buy", revenue_usd=1.5, revenue_in_range=True),
+            ev("u3", "buy", revenue_usd=99999.0, revenue_in_range=False),
+            ev("u2", "error", error_level="Error", t=T0 + 1000)]
+    ops = plan(recs, "events", "p:", online_window_s=300)
+    by_key = {}
+    for op, key, _ttl, args in ops:
+        by_key.setdefault((op, key), []).append(args)
+    epm = live_key("p:", "a", "epm", MIN)
+    assert sorted(by_key[("H", epm)]) == [["buy", "2"], ["error", "1"], ["open", "2"]]
+    assert by_key[("P", "p:live:a:dau:users:20261001")] == [["u1", "u2", "u3"]]
+    assert by_key[("P", "p:live:a:dau:devices:20261001")] == [["d-u1", "d-u2", "d-u3"]]
+    # revenue in micro-USD, out-of-range amounts excluded
+    assert by_key[("I", "p:live:a:revenue_usd:20261001")] == [["1500000"]]
+    assert by_key[("H", live_key("p:", "a", "errors", MIN))] == [["Error", "1"]]
+    # online: the latest time per user, then old members trimmed
+    z = by_key[("Z", "p:live:a:online")][0]
+    assert dict(zip(z[1::2], z[0::2], strict=True)) == {"u1": str(T0), "u2": str(T0 + 1000), "u3": str(T0)}
+    assert by_key[("R", "p:live:a:online")] == [[str(T0 + 1000 - 600_000)]]
+
+
+def test_invalid_records_count_reasons_and_other_kinds_nothing():
+    recs = [{"app_id": "a", "reason": "bad", "failed_at": T0}, {"app_id": "", "reason": "x", "failed_at": T0}]
+    assert plan(recs, "invalid", "p:") == [("H", live_key("p:", "a", "invalid", MIN), 7200, ["bad", "1"])]
+    assert plan([{"app_id": "a"}], "sessions", "p:") == []
+
+
+def test_script_args_carry_the_partition_and_range():
+    b = Batch("t", 3, [5, 6], [ev("u1"), ev("u1")], "events")
+    args = script_args(b, [("H", "k", 60, ["f", "2"])])
+    assert args == ["t/3", "5", "6", "H", "k", "60", "2", "f", "2"]
+
+
+def test_many_members_are_chunked():
+    recs = [ev(f"u{i:05d}") for i in range(2500)]
+    pf = [o for o in plan(recs, "events", "p:") if o[0] == "P" and "users" in o[1]]
+    assert [len(o[3]) for o in pf] == [1000, 1000, 500]
