@@ -134,9 +134,28 @@ function setTile(id, value, text, sub = null) {
   }
 }
 
+function renderSpark(seriesRows) {
+  if (!Array.isArray(seriesRows) || !seriesRows.length) return;
+  const el = document.getElementById("spark-epm");
+  let inst = instances.get(el.id);
+  if (!inst) {
+    inst = echarts.init(el, null, { renderer: "canvas" });
+    instances.set(el.id, inst);
+  }
+  inst.setOption({
+    animation: false,
+    grid: { left: 0, right: 0, top: 2, bottom: 2 },
+    xAxis: { type: "category", show: false, data: seriesRows.map((r) => r.minute) },
+    yAxis: { type: "value", show: false, min: 0 },
+    series: [{ type: "line", data: seriesRows.map((r) => r.events), showSymbol: false, smooth: false,
+      lineStyle: { width: 1.5, color: "#2f6fde" }, areaStyle: { color: "rgba(47,111,222,0.12)" } }],
+  });
+}
+
 function renderLive(live) {
   const n = (v) => (typeof v === "number" ? v : parseFloat(v) || 0);
   setTile("tile-epm", n(live.events_per_minute), fmtInt.format(n(live.events_per_minute)));
+  renderSpark(live.events_series);
   setTile("tile-online", n(live.online_now), fmtInt.format(n(live.online_now)));
   setTile("tile-dau", n(live.dau_users), fmtInt.format(n(live.dau_users)), `${fmtInt.format(n(live.dau_devices))} devices`);
   setTile("tile-revenue", n(live.revenue_today_usd), `$${fmtMoney.format(n(live.revenue_today_usd))}`);
