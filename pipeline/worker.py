@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.exceptions import PipelineError
 from pipeline.fx import RateTable, parse_hour
 from pipeline.process import Processor, Result
 from pipeline.settings import PipelineSettings
@@ -167,8 +168,15 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics) -> int:
             except Exception as exc:  # created concurrently by another process
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
+    deadline = time.monotonic() + 15
+    while True:  # metadata of freshly created topics can lag a moment
         md = admin.list_topics(timeout=10)
-    return len(md.topics[topics.raw].partitions)
+        raw = md.topics.get(topics.raw)
+        if raw is not None and raw.error is None and raw.partitions:
+            return len(raw.partitions)
+        if time.monotonic() > deadline:
+            raise PipelineError(f"topic {topics.raw} is not available")
+        time.sleep(0.2)
 
 
 def build_app(

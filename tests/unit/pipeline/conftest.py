@@ -19,8 +19,16 @@ T0 = 1_790_000_000_000  # 2026-09-21T...Z, inside the FX fixture window
 def make_raw(**fields: Any) -> dict[str, Any]:
     """A valid RawEvent (track ``button_click`` from device ``dev1`` of app ``a1``)."""
     rec = defaults("raw_event")
-    rec.update(message_id="m1", type="track", event="button_click", app_id="a1", anonymous_id="dev1",
-               received_at=T0, timestamp=str(T0), sent_at=None)
+    rec.update(
+        message_id="m1",
+        type="track",
+        event="button_click",
+        app_id="a1",
+        anonymous_id="dev1",
+        received_at=T0,
+        timestamp=str(T0),
+        sent_at=None,
+    )
     for k in ("properties", "traits", "context"):
         if isinstance(fields.get(k), (dict, list)):
             fields[k] = orjson.dumps(fields[k]).decode()

@@ -19,7 +19,8 @@ def test_enriched_record_encodes_and_carries_everything(proc, raw):
         context={"os": {"name": "iOS", "version": "17.2"}, "app": {"version": "3.1"}, "locale": "en-GB"},
         user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
         "Version/17.2 Mobile/15E148 Safari/604.1",
-        sent_at=str(T0 + 3_600_000), timestamp=str(T0 + 3_600_000 - 2_000),
+        sent_at=str(T0 + 3_600_000),
+        timestamp=str(T0 + 3_600_000 - 2_000),
     )
     res = proc.process(r, pos=(0, 1), topic="raw", now=NOW)
     assert res.outcome == "enriched" and res.invalid == [] and res.sessions == []
@@ -27,7 +28,11 @@ def test_enriched_record_encodes_and_carries_everything(proc, raw):
     assert key == "a1:dev1"
     assert rec["event_time"] == T0 - 2_000  # skew-corrected
     assert rec["revenue"] == 200.0 and rec["currency"] == "EUR"
-    assert rec["revenue_usd"] == 226.0 and rec["revenue_reporting"] == 176.28 and rec["reporting_currency"] == "GBP"
+    assert (
+        rec["revenue_usd"] == 226.0
+        and rec["revenue_reporting"] == 176.28
+        and rec["reporting_currency"] == "GBP"
+    )
     assert rec["os"] == "iOS" and rec["app_version"] == "3.1" and rec["country"] == "GB"
     assert rec["browser"] == "Mobile Safari"
     assert rec["media_source"] == "newsletter" and rec["campaign"] == "oct"
@@ -118,7 +123,9 @@ def test_identity_resolution_in_enriched_events(proc, raw):
 
 def test_session_records_are_keyed_by_session(proc, raw):
     proc.process(raw(message_id="1", event="session_start", session_id="cs"), now=NOW)
-    res = proc.process(raw(message_id="2", event="session_end", session_id="cs", timestamp=str(T0 + 5)), now=NOW)
+    res = proc.process(
+        raw(message_id="2", event="session_end", session_id="cs", timestamp=str(T0 + 5)), now=NOW
+    )
     key, rec = res.sessions[0]
     assert key == "a1:cs" and rec["closed"] and rec["events"] == 2
     codec("session").encode(rec, "t")
@@ -132,28 +139,58 @@ def test_close_idle(proc, raw):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=20),
     lambda ch: st.lists(ch, max_size=3) | st.dictionaries(st.text(max_size=8), ch, max_size=3),
     max_leaves=8,
 )
-field_names = st.sampled_from(["revenue", "af_revenue", "value", "currency", "af_currency", "error_level",
-                               "tx_ref", "bundle_paid_amount", "offset", "utm_source", "x"])
+field_names = st.sampled_from(
+    [
+        "revenue",
+        "af_revenue",
+        "value",
+        "currency",
+        "af_currency",
+        "error_level",
+        "tx_ref",
+        "bundle_paid_amount",
+        "offset",
+        "utm_source",
+        "x",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    etype=st.sampled_from(["track", "screen", "identify", "alias", "heartbeat", "page", "group", "bogus", ""]),
-    event=st.none() | st.text(max_size=12) | st.sampled_from(["session_start", "session_end", "heartbeat", "error"]),
+    etype=st.sampled_from(
+        ["track", "screen", "identify", "alias", "heartbeat", "page", "group", "bogus", ""]
+    ),
+    event=st.none()
+    | st.text(max_size=12)
+    | st.sampled_from(["session_start", "session_end", "heartbeat", "error"]),
     props=st.dictionaries(field_names, json_values, max_size=4) | st.text(max_size=10),
     ts=st.none() | st.text(max_size=12) | st.integers(-(10**15), 10**15).map(str),
     sid=st.none() | st.text(max_size=4),
     anon=st.none() | st.text(max_size=4),
 )
 def test_any_input_is_enriched_or_dead_lettered_never_raises(proc, raw, etype, event, props, ts, sid, anon):
-    r = raw(type=etype, event=event, timestamp=ts, session_id=sid, anonymous_id=anon,
-            properties=props if isinstance(props, str) else orjson.dumps(props).decode())
+    r = raw(
+        type=etype,
+        event=event,
+        timestamp=ts,
+        session_id=sid,
+        anonymous_id=anon,
+        properties=props if isinstance(props, str) else orjson.dumps(props).decode(),
+    )
     res = proc.process(r, now=NOW)
-    assert len(res.enriched) + len(res.invalid) == 1 or res.outcome in ("duplicate_message_id", "duplicate_content")
+    assert len(res.enriched) + len(res.invalid) == 1 or res.outcome in (
+        "duplicate_message_id",
+        "duplicate_content",
+    )
     for _, rec in res.enriched:
         codec("enriched_event").encode(rec, "t")
     for _, rec in res.invalid:

@@ -10,19 +10,35 @@ T0 = 1_790_000_000_000
 NOW = 2_000_000_000_000
 
 
-def put(state: dict, raw: Any, t: int, *, now: int = NOW, offset: float | None = None, emit: float = 60.0, **kw):
+def put(
+    state: dict, raw: Any, t: int, *, now: int = NOW, offset: float | None = None, emit: float = 60.0, **kw
+):
     r = raw(timestamp=str(t), message_id=f"m{t}", **kw)
     return sessions.assign(
-        state, app_id="a1", device="dev1", raw=r, event_time=t, heartbeat_offset=offset,
-        is_heartbeat=offset is not None, user_key="dev1", user_id=None, media_source="fb", campaign="c1",
-        inactivity_s=20, client_idle_s=300, emit_interval_s=emit, now=now,
+        state,
+        app_id="a1",
+        device="dev1",
+        raw=r,
+        event_time=t,
+        heartbeat_offset=offset,
+        is_heartbeat=offset is not None,
+        user_key="dev1",
+        user_id=None,
+        media_source="fb",
+        campaign="c1",
+        inactivity_s=20,
+        client_idle_s=300,
+        emit_interval_s=emit,
+        now=now,
     )
 
 
 def test_heartbeat_offsets_give_duration(raw):
     st: dict = {}
     for off in (30, 60, 211):
-        s, _, _ = put(st, raw, T0 + off * 1000, offset=float(off), type="heartbeat", event=None, session_id="cs1")
+        s, _, _ = put(
+            st, raw, T0 + off * 1000, offset=float(off), type="heartbeat", event=None, session_id="cs1"
+        )
     rec = sessions.record("a1", "dev1", s, closed=True, reason="idle", version=1)
     assert rec["duration_s"] == 211.0 and rec["heartbeats"] == 3
     assert rec["started_at"] == T0 and rec["ended_at"] == T0 + 211_000
@@ -81,5 +97,7 @@ def test_idle_close_by_timer(raw):
     rec = sessions.idle_close("a1", "dev1", s, inactivity_s=20, client_idle_s=300, now=NOW + 20_001)
     assert rec is not None and rec["closed"] and rec["close_reason"] == "inactivity"
     cs, _, _ = put({}, raw, T0, now=NOW, session_id="cs9")
-    assert sessions.idle_close("a1", "dev1", cs, inactivity_s=20, client_idle_s=300, now=NOW + 299_000) is None
+    assert (
+        sessions.idle_close("a1", "dev1", cs, inactivity_s=20, client_idle_s=300, now=NOW + 299_000) is None
+    )
     assert sessions.idle_close("a1", "dev1", cs, inactivity_s=20, client_idle_s=300, now=NOW + 301_000)

@@ -12,10 +12,22 @@ from pipeline.validate import is_plain_number, parse_time, skew_corrected, valid
 T0 = 1_790_000_000_000
 
 S = PipelineSettings()
-ERROR = {"error_level": "Error", "error_code": "E1", "error_message": "boom", "error_stacktrace": "at x",
-         "metadata": {"k": 1}}
-MONET = {"bundle_id": "b1", "bundle_package_items": ["gem"], "bundle_paid_id": "p1", "bundle_paid_amount": "4.99",
-         "bundle_paid_currency": "EUR", "platform": "ios", "tx_ref": "tx-1"}
+ERROR = {
+    "error_level": "Error",
+    "error_code": "E1",
+    "error_message": "boom",
+    "error_stacktrace": "at x",
+    "metadata": {"k": 1},
+}
+MONET = {
+    "bundle_id": "b1",
+    "bundle_package_items": ["gem"],
+    "bundle_paid_id": "p1",
+    "bundle_paid_amount": "4.99",
+    "bundle_paid_currency": "EUR",
+    "platform": "ios",
+    "tx_ref": "tx-1",
+}
 
 
 def rejected(raw: dict) -> RejectedEvent:
@@ -109,11 +121,17 @@ def test_monetization_schema(raw, name):
     for f in MONET:
         err = rejected(raw(event=name, properties={k: v for k, v in MONET.items() if k != f}))
         assert err.reason is Reason.MISSING_FIELD and err.field == f"properties.{f}"
-    assert rejected(raw(event=name, properties=MONET | {"bundle_paid_amount": "4,99"})).reason is Reason.INVALID_REVENUE
+    assert (
+        rejected(raw(event=name, properties=MONET | {"bundle_paid_amount": "4,99"})).reason
+        is Reason.INVALID_REVENUE
+    )
 
 
 def test_web3_token_address_maps_to_symbol(raw):
-    props = MONET | {"bundle_paid_currency": "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2", "bundle_paid_amount": 0.5}
+    props = MONET | {
+        "bundle_paid_currency": "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2",
+        "bundle_paid_amount": 0.5,
+    }
     assert validate(raw(event="web3_monetization", properties=props), S).currency == "ETH"
 
 
@@ -152,4 +170,7 @@ def test_heartbeats(raw):
     assert ev.heartbeat_offset == 60.0
     assert rejected(raw(event="heartbeat", properties={"offset": 1})).field == "session_id"
     assert rejected(raw(event="heartbeat", session_id="s")).reason is Reason.MISSING_FIELD
-    assert rejected(raw(event="heartbeat", session_id="s", heartbeat_offset=-1.0)).reason is Reason.INVALID_HEARTBEAT
+    assert (
+        rejected(raw(event="heartbeat", session_id="s", heartbeat_offset=-1.0)).reason
+        is Reason.INVALID_HEARTBEAT
+    )

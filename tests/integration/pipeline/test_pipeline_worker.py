@@ -1,0 +1,206 @@
+"""The worker on the real broker: exact outputs, crash recovery, and scaling across workers.
+
+Expected outputs come from running the same events through :class:`pipeline.process.Processor`
+in-process on in-memory state (the pure reference), plus hand-built session scenarios.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.fx import RateTable, parse_csv
+from pipeline.process import DictState, Processor
+from pipeline.settings import PipelineSettings
+from pipeline.traffic import generate, raw_event
+from trackflow.apps import open_registry
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "fx" / "rates.csv"
+T_SEPT = 1_790_000_000_000  # 2026-09-21, inside the fixture window
+
+
+def reference(events: list[tuple[str, dict[str, Any]]]) -> tuple[set[str], list[str], int]:
+    """(enriched message ids, invalid message ids with repeats, dropped duplicates), in-process."""
+    rates = RateTable()
+    for h, r in parse_csv(FIXTURE.read_text()).items():
+        rates.set_hour(h, r)
+    proc = Processor(PipelineSettings(), open_registry().get, rates, DictState())
+    enriched: set[str] = set()
+    invalid: list[str] = []
+    dropped = 0
+    for i, (_, rec) in enumerate(events):
+        res = proc.process(dict(rec), pos=(0, i), now=int(time.time() * 1000))
+        enriched |= {r["message_id"] for _, r in res.enriched}
+        invalid += [r["message_id"] for _, r in res.invalid]
+        dropped += not res.enriched and not res.invalid
+    return enriched, invalid, dropped
+
+
+def traffic(app_id: str, n: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    return list(generate(n, app_id, devices=300, seed=seed, start_ms=T_SEPT, step_ms=50))
+
+
+def test_exact_outputs_sessions_and_fx(pipe, app):
+    app_id = app[0].app_id
+    loaded = pipe.cli("fx", "load", str(FIXTURE))
+    assert loaded.returncode == 0, loaded.stderr
+    events = traffic(app_id, 1500, seed=1)
+    # hand-built sessions: 3 devices with explicit start / 2 screens / end, one device left open
+    t = T_SEPT + 10_000_000
+    for d in range(3):
+        dev = f"sess-{d}"
+        for j, (typ, name) in enumerate(
+            [("track", "session_start"), ("screen", "Home"), ("screen", "Shop"), ("track", "session_end")]
+        ):
+            events.append(
+                (
+                    f"{app_id}:{dev}",
+                    raw_event(
+                        app_id,
+                        dev,
+                        received_at=t + j * 1000,
+                        type=typ,
+                        event=name,
+                        message_id=f"{dev}-{j}",
+                        timestamp=str(t + j * 1000),
+                        sent_at=None,
+                    ),
+                )
+            )
+    events.append(
+        (
+            f"{app_id}:lonely",
+            raw_event(
+                app_id,
+                "lonely",
+                received_at=t,
+                message_id="lonely-0",
+                event="tap",
+                timestamp=str(t),
+                sent_at=None,
+            ),
+        )
+    )
+    # revenue in EUR on 2026-09-21: converted with the fixture's rate of that day
+    events.append(
+        (
+            f"{app_id}:payer",
+            raw_event(
+                app_id,
+                "payer",
+                received_at=T_SEPT,
+                message_id="pay-1",
+                event="purchase",
+                timestamp=str(T_SEPT),
+                sent_at=None,
+                properties={"revenue": "100", "currency": "EUR"},
+            ),
+        )
+    )
+    exp_enriched, exp_invalid, dropped = reference(events)
+    assert dropped > 0 and exp_invalid
+    pipe.produce(events)
+    pipe.start_worker("w1")
+    pipe.wait_until(
+        lambda: (
+            pipe.count(pipe.topics.enriched) >= len(exp_enriched)
+            and pipe.count(pipe.topics.invalid) >= len(exp_invalid)
+        ),
+        180,
+        "all outputs",
+    )
+    enriched = pipe.read(pipe.topics.enriched, "enriched_event")
+    invalid = pipe.read(pipe.topics.invalid, "invalid_event")
+    assert len(enriched) == len(exp_enriched) and {e["message_id"] for e in enriched} == exp_enriched
+    assert sorted(e["message_id"] for e in invalid) == sorted(exp_invalid)
+    assert all(r["reason"] and r["message"] and r["payload"] for r in invalid)
+
+    pay = next(e for e in enriched if e["message_id"] == "pay-1")
+    day = time.strftime("%Y-%m-%d", time.gmtime(T_SEPT / 1000))
+    rows = list(csv.DictReader(FIXTURE.read_text().splitlines()))
+    eur = max((r for r in rows if r["currency"] == "EUR" and r["hour"] <= day), key=lambda r: r["hour"])
+    assert pay["fx_status"] == "ok" and pay["fx_rate_usd"] == float(eur["rate"])
+    assert pay["revenue_usd"] == round(100 / float(eur["rate"]), 2) and pay["reporting_currency"] == "GBP"
+
+    # sessions: the three explicit ones close with session_end; "lonely" closes by the timer (20 s idle)
+    def closed() -> list[dict[str, Any]]:
+        return [s for s in pipe.read(pipe.topics.sessions, "session") if s["closed"]]
+
+    pipe.wait_until(lambda: any(s["device_id"] == "lonely" for s in closed()), 90, "timer close")
+    ends = [s for s in closed() if s["close_reason"] == "session_end"]
+    assert len(ends) == 3 and {s["device_id"] for s in ends} == {"sess-0", "sess-1", "sess-2"}
+    assert all(s["events"] == 4 and s["screens"] == 2 and s["duration_s"] == 3.0 for s in ends)
+    lonely = [s for s in closed() if s["device_id"] == "lonely"]
+    assert len(lonely) == 1 and lonely[0]["close_reason"] == "inactivity" and lonely[0]["events"] == 1
+
+
+def test_sigkill_mid_stream_loses_nothing(pipe, app):
+    app_id = app[0].app_id
+    events = traffic(app_id, 6000, seed=2)
+    exp_enriched, exp_invalid, _ = reference(events)
+    pipe.produce(events)
+    pipe.start_worker("w1")
+    pipe.wait_until(lambda: pipe.count(pipe.topics.enriched) >= 1000, 120, "first outputs")
+    pipe.kill("w1")  # SIGKILL, mid-stream
+    assert pipe.count(pipe.topics.enriched) < len(exp_enriched)
+    pipe.start_worker("w1")
+
+    def ids() -> set[str]:
+        return {e["message_id"] for e in pipe.read(pipe.topics.enriched, "enriched_event")}
+
+    pipe.wait_until(
+        lambda: pipe.count(pipe.topics.enriched) >= len(exp_enriched) and ids() >= exp_enriched,
+        180,
+        "all enriched after restart",
+    )
+    time.sleep(3)
+    enriched = pipe.read(pipe.topics.enriched, "enriched_event")
+    got = {e["message_id"] for e in enriched}
+    assert got == exp_enriched  # nothing lost, nothing extra; replays are duplicates of the same ids
+    assert len(enriched) >= len(exp_enriched)
+    assert {e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")} == set(exp_invalid)
+
+
+def test_two_workers_split_partitions_and_match_one(pipe, app):
+    from confluent_kafka.admin import AdminClient
+
+    from pipeline.worker import app_id_for
+
+    app_id = app[0].app_id
+    events = traffic(app_id, 4000, seed=3)
+    exp_enriched, exp_invalid, _ = reference(events)
+    pipe.start_worker("w1")
+    pipe.start_worker("w2")
+    admin = AdminClient(pipe.kafka.client_config())
+    group = app_id_for(pipe.kafka.topic_prefix)
+
+    def assignment() -> dict[str, set[int]]:
+        desc = admin.describe_consumer_groups([group])[group].result()
+        return {
+            m.member_id: {tp.partition for tp in m.assignment.topic_partitions if tp.topic == pipe.topics.raw}
+            for m in desc.members
+        }
+
+    pipe.wait_until(lambda: sorted(len(v) for v in assignment().values()) == [2, 2], 120, "a 2+2 assignment")
+    parts = list(assignment().values())
+    assert parts[0].isdisjoint(parts[1]) and parts[0] | parts[1] == {0, 1, 2, 3}
+    pipe.produce(events)
+    pipe.wait_until(
+        lambda: (
+            pipe.count(pipe.topics.enriched) >= len(exp_enriched)
+            and pipe.count(pipe.topics.invalid) >= len(exp_invalid)
+        ),
+        180,
+        "all outputs",
+    )
+    enriched = pipe.read(pipe.topics.enriched, "enriched_event")
+    assert {e["message_id"] for e in enriched} == exp_enriched and len(enriched) == len(exp_enriched)
+    assert sorted(e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")) == sorted(
+        exp_invalid
+    )
