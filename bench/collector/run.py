@@ -107,6 +107,36 @@ def raw_producer_limit(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     }
 
 
+def cpu_cost_per_event() -> dict[str, float]:
+    """In-process cost of the hot path per event (no HTTP, no Kafka): JSON parse, map, encode."""
+    import orjson
+
+    from collector.encoder import FastRecordEncoder
+    from collector.mapping import Limits, Stamp, kafka_key, map_segment
+
+    enc = FastRecordEncoder("raw_event").encode
+    body = orjson.dumps({"batch": [segment_event(i) for i in range(100)]})
+    stamp = Stamp(app_id="bench", received_at=1, request_id="r", ip="127.0.0.1")
+    n = 200
+    t0 = time.perf_counter()
+    for _ in range(n):
+        parsed = orjson.loads(body)
+    t1 = time.perf_counter()
+    for _ in range(n):
+        events = map_segment(parsed, stamp, Limits(), None).events
+    t2 = time.perf_counter()
+    for _ in range(n):
+        [(kafka_key(r), enc(r, "t")) for r in events]
+    t3 = time.perf_counter()
+    d: dict[str, int] = {"a": 1}
+    for _ in range(1_000_000):
+        d.get("a")
+    t4 = time.perf_counter()
+    per = 1e6 / (n * 100)
+    return {"parse_us": (t1 - t0) * per, "map_us": (t2 - t1) * per, "encode_us": (t3 - t2) * per,
+            "dict_get_loop_ns": (t4 - t3) * 1000}
+
+
 def loadgen(
     port: int,
     key: str,
@@ -177,7 +207,12 @@ def main() -> None:
         json.dumps([{"batch": [segment_event(j * 100 + i) for i in range(100)]} for j in range(50)])
     )
 
-    print(f"# collector benchmark  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}")
+    print(f"# collector benchmark  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}  "
+          f"load average {os.getloadavg()[0]:.1f}")
+    cpu = cpu_cost_per_event()
+    print(f"hot path per event, in-process: parse {cpu['parse_us']:.1f} us, map {cpu['map_us']:.1f} us, "
+          f"encode {cpu['encode_us']:.1f} us  (CPU contention gauge: one dict.get loop iteration = "
+          f"{cpu['dict_get_loop_ns']:.0f} ns; about 30-40 ns on an idle core)")
     base = raw_producer_limit(bootstrap, kafka.topics.raw, a.baseline_events)
     print(
         f"limit: raw confluent-kafka producer, pre-encoded RawEvents ({base['avg_event_bytes']:.0f} B): "
@@ -217,7 +252,7 @@ def main() -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        results: dict[str, Any] = {"limit_events_per_s": base["events_per_s"]}
+        results: dict[str, Any] = {"limit_events_per_s": base["events_per_s"], "cpu": cpu}
         for name, path, per_req, body_file, conns in (
             ("single", "/v1/track", 1, single, 32),
             ("batch100", "/v1/batch", 100, batched, 16),
