@@ -1,6 +1,6 @@
 """Checks that SQL sent to the read API is exactly one statement (pure; ClickHouse enforces read-only).
 
-Comments and quoted text are blanked out before looking for ``;``, so a ``;`` inside a string
+Comments (blanked) and quoted text (masked) are hidden before looking for ``;``, so a ``;`` inside a string
 literal or a comment does not count. A single trailing ``;`` is allowed and removed.
 """
 
@@ -20,7 +20,7 @@ def _blank(sql: str) -> str:
             j = i + 1
             while j < n and sql[j] != c:
                 j += 2 if sql[j] == "\\" else 1
-            out.append(" " * (min(j, n - 1) - i + 1))
+            out.append("x" * (min(j, n - 1) - i + 1))  # not blank: a literal can end the statement
             i = j + 1
         elif sql.startswith("--", i) or sql.startswith("#", i):
             j = sql.find("\n", i)

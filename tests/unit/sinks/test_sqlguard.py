@@ -26,3 +26,7 @@ def test_one_statement_passes(sql, expected):
 def test_everything_else_is_refused(sql):
     with pytest.raises(ReadOnlyViolation):
         single_statement(sql)
+
+
+def test_a_statement_may_end_with_a_literal():
+    assert single_statement("SELECT 1 WHERE a = 'x;y'  ;") == "SELECT 1 WHERE a = 'x;y'"
