@@ -68,22 +68,26 @@ def producer_config(kafka: KafkaSettings, settings: CollectorSettings) -> dict[s
 class _Delivery:
     """The outstanding delivery reports of one request."""
 
-    __slots__ = ("error", "future", "loop", "pending", "topic")
+    __slots__ = ("error", "future", "loop", "pending", "threadsafe", "topic")
 
-    def __init__(self, n: int, loop: asyncio.AbstractEventLoop, topic: str) -> None:
+    def __init__(self, n: int, loop: asyncio.AbstractEventLoop, topic: str, *, threadsafe: bool) -> None:
         self.pending = n
         self.error: KafkaError | None = None
         self.loop = loop
         self.topic = topic
+        self.threadsafe = threadsafe
         self.future: asyncio.Future[None] = loop.create_future()
 
     def on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        # runs in the poll thread (or in poll() calls made from the loop thread)
+        # runs in the poll thread ("thread" mode) or in the event loop ("loop" mode)
         if err is not None and self.error is None:
             self.error = err
         self.pending -= 1
         if self.pending == 0:
-            self.loop.call_soon_threadsafe(self._resolve)
+            if self.threadsafe:
+                self.loop.call_soon_threadsafe(self._resolve)
+            else:
+                self._resolve()
 
     def _resolve(self) -> None:
         if self.future.done():
@@ -111,12 +115,24 @@ class KafkaPublisher:
         kafka: how to reach Kafka.
         settings: the collector's settings (compression, linger, timeouts, readiness cache).
         extra_conf: librdkafka settings overriding the defaults (benchmarks, tests).
+        poll_mode: ``"thread"`` (default ``settings.poll_mode``): a thread serves delivery reports and
+            wakes the loop once per request; ``"loop"``: the event loop polls every millisecond while
+            requests are in flight, so callbacks need no thread switch.
     """
 
     def __init__(
-        self, kafka: KafkaSettings, settings: CollectorSettings, extra_conf: dict[str, Any] | None = None
+        self,
+        kafka: KafkaSettings,
+        settings: CollectorSettings,
+        extra_conf: dict[str, Any] | None = None,
+        poll_mode: str | None = None,
     ) -> None:
-        self._conf = {**producer_config(kafka, settings), **(extra_conf or {}), "error_cb": self._on_error}
+        self._conf = {
+            **producer_config(kafka, settings),
+            **(extra_conf or {}),
+            "error_cb": self._on_error,
+            "logger": logging.getLogger("collector.librdkafka"),
+        }
         self._settings = settings
         self._producer = Producer(self._conf)
         self._fatal: KafkaError | None = None
@@ -124,8 +140,14 @@ class KafkaPublisher:
         self._ready_at = 0.0
         self._ready = False
         self._ready_lock = asyncio.Lock()
-        self._thread = threading.Thread(target=self._poll_loop, name="collector-kafka-poll", daemon=True)
-        self._thread.start()
+        self._poll_mode = poll_mode or settings.poll_mode
+        self._inflight = 0
+        self._pump_loop: asyncio.AbstractEventLoop | None = None
+        self._pump_handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._thread: threading.Thread | None = None
+        if self._poll_mode == "thread":
+            self._thread = threading.Thread(target=self._poll_loop, name="collector-kafka-poll", daemon=True)
+            self._thread.start()
 
     # -- librdkafka side ------------------------------------------------------------------
 
@@ -139,6 +161,13 @@ class KafkaPublisher:
     def _poll_loop(self) -> None:
         while not self._closed:
             self._producer.poll(0.05)
+
+    def _pump(self) -> None:
+        """Loop mode: serve delivery reports in the event loop; fast while requests are in flight."""
+        if self._closed or self._pump_loop is None:
+            return
+        self._producer.poll(0)
+        self._pump_handle = self._pump_loop.call_later(0.001 if self._inflight else 0.05, self._pump)
 
     def _replace_if_fatal(self) -> None:
         if self._fatal is None:
@@ -156,7 +185,11 @@ class KafkaPublisher:
             return
         self._replace_if_fatal()
         loop = asyncio.get_running_loop()
-        delivery = _Delivery(len(messages), loop, topic)
+        threaded = self._thread is not None
+        if not threaded and self._pump_loop is not loop:
+            self._pump_loop = loop
+            self._pump_handle = loop.call_soon(self._pump)
+        delivery = _Delivery(len(messages), loop, topic, threadsafe=threaded)
         deadline = time.monotonic() + wait_s
         produce = self._producer.produce
         cb = delivery.on_delivery
@@ -182,9 +215,11 @@ class KafkaPublisher:
             delivery.fail,
             PublishTimeout(f"no delivery report within {wait_s:g}s", topic=topic, reason="timeout"),
         )
+        self._inflight += 1
         try:
             await delivery.future
         finally:
+            self._inflight -= 1
             timer.cancel()
 
     async def ready(self) -> bool:
@@ -211,4 +246,7 @@ class KafkaPublisher:
             return
         self._producer.flush(flush_timeout)
         self._closed = True
-        self._thread.join(timeout=1.0)
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)

@@ -38,7 +38,9 @@ def messages(topic: str, n: int) -> list[tuple[bytes, bytes]]:
     return [enc[i % len(enc)] for i in range(n)]
 
 
-async def drive(publish: Any, msgs: list[tuple[bytes, bytes]], batch: int, concurrency: int) -> dict[str, float]:
+async def drive(
+    publish: Any, msgs: list[tuple[bytes, bytes]], batch: int, concurrency: int
+) -> dict[str, float]:
     chunks = [msgs[i : i + batch] for i in range(0, len(msgs), batch)]
     lat: list[float] = []
     it = iter(chunks)
@@ -53,8 +55,11 @@ async def drive(publish: Any, msgs: list[tuple[bytes, bytes]], batch: int, concu
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     dt = time.perf_counter() - t0
     lat.sort()
-    return {"events_per_s": len(msgs) / dt, "p50_ms": lat[len(lat) // 2] * 1000,
-            "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+    return {
+        "events_per_s": len(msgs) / dt,
+        "p50_ms": lat[len(lat) // 2] * 1000,
+        "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+    }
 
 
 async def main(a: argparse.Namespace) -> None:
@@ -65,12 +70,17 @@ async def main(a: argparse.Namespace) -> None:
     msgs = messages(topic, a.events)
     settings = CollectorSettings()
     try:
-        pub = KafkaPublisher(kafka, settings)
-        await pub.publish(topic, msgs[:10], 10)
-        r = await drive(lambda chunk: pub.publish(topic, chunk, 30), msgs, a.batch, a.concurrency)
-        pub.close()
-        print(f"KafkaPublisher (callback bridge): {r['events_per_s']:9.0f} events/s  "
-              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms")
+        for mode in ("thread", "loop"):
+            pub = KafkaPublisher(kafka, settings, poll_mode=mode)
+            await pub.publish(topic, msgs[:10], 10)
+            r = await drive(
+                lambda chunk, pub=pub: pub.publish(topic, chunk, 30), msgs, a.batch, a.concurrency
+            )
+            pub.close()
+            print(
+                f"KafkaPublisher, poll {mode:6s}:    {r['events_per_s']:9.0f} events/s  "
+                f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
+            )
 
         from confluent_kafka.aio import AIOProducer
 
@@ -85,8 +95,10 @@ async def main(a: argparse.Namespace) -> None:
         r = await drive(aio_publish, msgs, a.batch, a.concurrency)
         await aio.flush()
         await aio.close()
-        print(f"AIOProducer:                      {r['events_per_s']:9.0f} events/s  "
-              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms")
+        print(
+            f"AIOProducer:                      {r['events_per_s']:9.0f} events/s  "
+            f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
+        )
     finally:
         from confluent_kafka.admin import AdminClient
 

@@ -133,8 +133,12 @@ def cpu_cost_per_event() -> dict[str, float]:
         d.get("a")
     t4 = time.perf_counter()
     per = 1e6 / (n * 100)
-    return {"parse_us": (t1 - t0) * per, "map_us": (t2 - t1) * per, "encode_us": (t3 - t2) * per,
-            "dict_get_loop_ns": (t4 - t3) * 1000}
+    return {
+        "parse_us": (t1 - t0) * per,
+        "map_us": (t2 - t1) * per,
+        "encode_us": (t3 - t2) * per,
+        "dict_get_loop_ns": (t4 - t3) * 1000,
+    }
 
 
 def loadgen(
@@ -207,12 +211,16 @@ def main() -> None:
         json.dumps([{"batch": [segment_event(j * 100 + i) for i in range(100)]} for j in range(50)])
     )
 
-    print(f"# collector benchmark  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}  "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"# collector benchmark  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}  "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     cpu = cpu_cost_per_event()
-    print(f"hot path per event, in-process: parse {cpu['parse_us']:.1f} us, map {cpu['map_us']:.1f} us, "
-          f"encode {cpu['encode_us']:.1f} us  (CPU contention gauge: one dict.get loop iteration = "
-          f"{cpu['dict_get_loop_ns']:.0f} ns; about 30-40 ns on an idle core)")
+    print(
+        f"hot path per event, in-process: parse {cpu['parse_us']:.1f} us, map {cpu['map_us']:.1f} us, "
+        f"encode {cpu['encode_us']:.1f} us  (CPU contention gauge: one dict.get loop iteration = "
+        f"{cpu['dict_get_loop_ns']:.0f} ns; about 30-40 ns on an idle core)"
+    )
     base = raw_producer_limit(bootstrap, kafka.topics.raw, a.baseline_events)
     print(
         f"limit: raw confluent-kafka producer, pre-encoded RawEvents ({base['avg_event_bytes']:.0f} B): "

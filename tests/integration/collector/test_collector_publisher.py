@@ -1,0 +1,57 @@
+"""KafkaPublisher on the real broker: every delivery mode confirms, a dead broker fails in time."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from collector.exceptions import PublishError
+from collector.publisher import KafkaPublisher
+from collector.settings import CollectorSettings
+from trackflow.config import KafkaSettings
+from trackflow.stack import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("mode", ["thread", "loop"])
+async def test_publish_waits_for_every_delivery(
+    mode: str, tf_env: dict[str, str], run_id: str, raw_reader: Any
+) -> None:
+    kafka = KafkaSettings(topic_prefix=f"t{run_id}p{mode}.")
+    ensure_topics(kafka)
+    pub = KafkaPublisher(kafka, CollectorSettings(), poll_mode=mode)
+    try:
+        from collector.mapping import Limits, Stamp, kafka_key, map_segment
+        from schemas import codec
+
+        tag = uuid.uuid4().hex[:6]
+        stamp = Stamp(app_id="pub", received_at=1, request_id="r")
+        batch = {
+            "batch": [{"type": "track", "messageId": f"{tag}-{i}", "userId": f"u{i}"} for i in range(25)]
+        }
+        events = map_segment(batch, stamp, Limits(), None).events
+        raw = codec("raw_event")
+        await pub.publish(kafka.topics.raw, [(kafka_key(r), raw.encode(r, "")) for r in events], 10)
+        assert await pub.ready()
+    finally:
+        pub.close()
+    got = raw_reader(kafka.kafka_bootstrap, kafka.topics.raw, expect=25, settle=0.5)
+    assert sorted(e["message_id"] for e in got) == sorted(f"{tag}-{i}" for i in range(25))
+
+
+@pytest.mark.parametrize("mode", ["thread", "loop"])
+async def test_dead_broker_fails_within_the_timeout(mode: str, unused_port: Any) -> None:
+    kafka = KafkaSettings(kafka_bootstrap=f"127.0.0.1:{unused_port()}", topic_prefix="never.")
+    pub = KafkaPublisher(kafka, CollectorSettings(publish_timeout_s=1.0), poll_mode=mode)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PublishError):
+            await pub.publish("never.events.raw", [(b"k", b"v")] * 3, 1.0)
+        assert time.monotonic() - t0 < 3.0
+        assert not await pub.ready()
+    finally:
+        pub.close(flush_timeout=0)
