@@ -228,7 +228,7 @@ class Collector:
             encode = self.encode
             try:
                 messages = [(kafka_key(r), encode(r, topic)) for r in events]
-            except SerdeError as exc:
+            except (SerdeError, TypeError, ValueError) as exc:  # ValueError covers UnicodeError
                 raise _Reject(400, [EnvelopeError(Reason.INVALID_FIELD, str(exc))]) from None
             assert self.publisher is not None
             t0 = time.perf_counter()

@@ -244,8 +244,16 @@ def _obj_text(value: Any, name: str) -> tuple[str, dict[str, Any] | None]:
     if value is None:
         return "{}", None
     if value.__class__ is dict or isinstance(value, dict):
-        return _dumps(value).decode(), value
+        return _json_text(value, name), value
     raise _Invalid(Reason.INVALID_FIELD, name, f"{name} must be a JSON object")
+
+
+def _json_text(value: Any, name: str) -> str:
+    """JSON text of a parsed value; nesting deeper than orjson writes (254) is an envelope error."""
+    try:
+        return _dumps(value).decode()
+    except orjson.JSONEncodeError:
+        raise _Invalid(Reason.INVALID_FIELD, name, f"{name} is nested too deeply") from None
 
 
 def _number(value: Any) -> float | None:
@@ -582,7 +590,7 @@ def _app_tracking_one(
         if off is None:
             # not a plain number: keep it where the pipeline can see it and dead-letter the event
             merged = {**(props or {}), "offset": obj["offset"]}
-            rec["properties"] = orjson.dumps(merged).decode()
+            rec["properties"] = _json_text(merged, "action_properties")
     rec["library"] = _library(ctx, stamp.user_agent)
     return _finish(rec, index, limits)
 
@@ -627,10 +635,10 @@ def _appsflyer_one(obj: dict[str, Any], index: int, stamp: Stamp, limits: Limits
     currency = _scalar(obj.get("eventCurrency"), "eventCurrency")
     if currency and not (props and ("af_currency" in props or "currency" in props)):
         props = {**(props or {}), "af_currency": currency}
-        props_text = orjson.dumps(props).decode()
+        props_text = _json_text(props, "eventValue")
     rec["properties"] = props_text
     extra = {k: v for k, v in obj.items() if k not in _APPSFLYER_MAPPED}
-    rec["context"] = orjson.dumps({"appsflyer": extra}).decode() if extra else "{}"
+    rec["context"] = _json_text({"appsflyer": extra}, "context") if extra else "{}"
     rec["anonymous_id"] = _identity(obj.get("appsflyer_id"), "appsflyer_id") or stamp.fallback_anonymous_id
     rec["user_id"] = _identity(obj.get("customer_user_id"), "customer_user_id")
     rec["timestamp"] = _scalar(obj.get("eventTime"), "eventTime")
