@@ -25,22 +25,28 @@ class Batch:
         offsets: the Kafka offset of each record, ascending.
         records: the decoded records (same length as ``offsets``).
         kind: which stream the topic carries: ``events``, ``sessions``, ``invalid`` or ``fx``.
+        table: the records as an Arrow table (events decoded on the fast path), else None; then
+            ``records`` holds only the fields the live counters need.
+        span: the ``(first, last)`` offsets the batch was cut at, when some records of the range
+            were dropped (undecodable); default: the first and last of ``offsets``.
     """
 
     topic: str
     partition: int
     offsets: Sequence[int]
-    records: Sequence[Record]
+    records: Sequence[Any]
     kind: str = "events"
+    table: Any = None
+    span: tuple[int, int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def first_offset(self) -> int:
-        return self.offsets[0]
+        return self.span[0] if self.span else self.offsets[0]
 
     @property
     def last_offset(self) -> int:
-        return self.offsets[-1]
+        return self.span[1] if self.span else self.offsets[-1]
 
     @property
     def token(self) -> str:

@@ -168,6 +168,12 @@ class ClickHouseSink:
             try:
                 if b.kind == "fx":
                     table, data = "fx_rates", fx_to_arrow(b.records)
+                elif b.table is not None:
+                    spec = specs[b.kind]
+                    table, data = spec.table, spec.from_arrow(
+                        b.table, b.topic, b.partition, b.offsets,
+                        {"retention_months": self._months_array(b.table)},
+                    )
                 else:
                     spec = specs[b.kind]
                     if b.kind in ("events", "sessions"):
@@ -187,6 +193,16 @@ class ClickHouseSink:
                     first_offset=b.first_offset, last_offset=b.last_offset,
                     code=getattr(exc, "code", None),
                 ) from exc
+
+    def _months_array(self, table: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        apps = pc.unique(table.column("app_id")).to_pylist()
+        if len(apps) == 1:
+            return pa.array([self._months(apps[0])] * table.num_rows, type=pa.uint16())
+        months = {a: self._months(a) for a in apps}
+        return pa.array([months[a] for a in table.column("app_id").to_pylist()], type=pa.uint16())
 
     def intents(self, committed: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[tuple[int, int]]]:
         """Recorded ranges at or beyond each partition's committed offset (to replay exactly)."""

@@ -31,7 +31,9 @@ from schemas import Codec
 from sinks.base import Batch, Sink
 from sinks.batch import Batcher
 from sinks.clickhouse import ClickHouseSink
+from sinks.decode import ArrowDecoder
 from sinks.exceptions import SinkError
+from sinks.rows import live_view
 from sinks.settings import SinkSettings
 from trackflow.config import KafkaSettings, Topics
 
@@ -64,6 +66,9 @@ class SinkLoop:
         self.clickhouse = clickhouse
         self.sinks: list[Any] = [clickhouse, *others]
         self.codecs = codecs
+        self.decoders: dict[str, ArrowDecoder] = {}
+        if "events" in codecs:
+            self.decoders["events"] = ArrowDecoder("enriched_event", codecs["events"])
         t = topics or kafka.topics
         self.kinds = {t.enriched: "events", t.sessions: "sessions", t.invalid: "invalid", t.fx: "fx"}
         self.batcher = Batcher(settings.sink_batch_rows, settings.sink_batch_age_s)
@@ -164,13 +169,29 @@ class SinkLoop:
         kind = self.kinds.get(topic)
         if kind is None:
             return
-        try:
-            record = self.codecs[kind].decode(m.value(), topic)
-        except Exception as exc:
-            self.stats["decode_errors"] += 1
-            log.error("undecodable record at %s/%d@%d skipped: %s", topic, m.partition(), m.offset(), exc)
-            return
-        self.batcher.add(topic, m.partition(), m.offset(), record, kind, now)
+        self.batcher.add(topic, m.partition(), m.offset(), m.value(), kind, now)  # decoded per batch
+
+    def _decode(self, b: Batch) -> Batch:
+        """Decode a batch of raw values: Arrow for events (fast path), dicts otherwise."""
+        if not b.records or not isinstance(b.records[0], (bytes, bytearray)):
+            return b  # already decoded
+        span = (b.first_offset, b.last_offset)
+        dec = self.decoders.get(b.kind)
+        if dec is not None:
+            table, recs = dec.decode(b.records, b.topic)
+            if table is not None:
+                return Batch(b.topic, b.partition, b.offsets, live_view(table), b.kind, table=table, span=span)
+        else:
+            recs = []
+            for v in b.records:
+                try:
+                    recs.append(self.codecs[b.kind].decode(v, b.topic))
+                except Exception as exc:
+                    log.error("undecodable record in %s/%d skipped: %s", b.topic, b.partition, exc)
+                    recs.append(None)
+        keep = [(o, r) for o, r in zip(b.offsets, recs, strict=True) if r is not None]
+        self.stats["decode_errors"] += len(recs) - len(keep)
+        return Batch(b.topic, b.partition, [o for o, _ in keep], [r for _, r in keep], b.kind, span=span)
 
     def _pause(self) -> None:
         if self._consumer is not None and not self.paused:
@@ -189,7 +210,7 @@ class SinkLoop:
         if not self.pending:
             if not (force or self.batcher.due(now) or self.paused):
                 return
-            self.pending = self.batcher.take(now)
+            self.pending = [self._decode(b) for b in self.batcher.take(now)]
         if not self.pending:
             if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
                 self._resume()

@@ -184,7 +184,8 @@ def _after(batch: Batch, last: int) -> Batch:
         return batch
     idx = [i for i, o in enumerate(batch.offsets) if o > last]
     return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx],
-                 [batch.records[i] for i in idx], batch.kind)
+                 [batch.records[i] for i in idx], batch.kind, span=(batch.offsets[idx[0]], batch.last_offset)
+                 if idx else None)
 
 
 def live_tiles(

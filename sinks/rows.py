@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Record = dict[str, Any]
 
@@ -62,6 +63,45 @@ class TableSpec:
         arrays.append(pa.array([partition] * n, type=pa.uint32()))
         arrays.append(pa.array(offsets, type=pa.uint64()))
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+
+    def from_arrow(
+        self, table: pa.Table, topic: str, partition: int, offsets: Sequence[int],
+        overrides: dict[str, pa.Array] | None = None,
+    ) -> pa.Table:
+        """The same rows as :meth:`to_arrow`, from an Arrow table of decoded records."""
+        n = table.num_rows
+        names = set(table.column_names)
+        arrays: list[Any] = []
+        for c in self.columns:
+            if overrides and c.name in overrides:
+                arrays.append(overrides[c.name])
+                continue
+            key = c.field or c.name
+            arr = table.column(key).cast(c.type) if key in names else pa.nulls(n, c.type)
+            if c.default is not None:
+                arr = pc.fill_null(arr, pa.scalar(c.default, c.type))
+            arrays.append(arr)
+        arrays.append(pa.array([topic] * n, type=STR))
+        arrays.append(pa.array([partition] * n, type=pa.uint32()))
+        arrays.append(pa.array(offsets, type=pa.uint64()))
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+
+
+#: the fields of an event the live counters need
+LIVE_FIELDS = ("app_id", "user_key", "device_id", "event", "type", "event_time", "revenue_usd",
+               "revenue_in_range", "error_level")
+
+
+def live_view(table: pa.Table) -> list[Record]:
+    """The live-counter fields of each row, as dicts (``event_time`` in int milliseconds)."""
+    cols = {}
+    for f in LIVE_FIELDS:
+        col = table.column(f)
+        if pa.types.is_timestamp(col.type):
+            col = col.cast(pa.int64())
+        cols[f] = col.to_pylist()
+    return [dict(zip(LIVE_FIELDS, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
 def _s(name: str, field: str | None = None, default: Any = None) -> Column:

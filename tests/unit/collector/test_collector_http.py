@@ -252,3 +252,49 @@ async def test_probes_metrics_and_openapi(
     assert doc == orjson.loads(orjson.dumps(openapi_document()))
     for path in ("/v1/track", "/v1/batch", "/v1/app-tracking", "/inappevent/{app_id}"):
         assert "requestBody" in doc["paths"][path]["post"]
+
+
+async def test_cors_headers_on_a_simple_post(client: httpx.AsyncClient, app_key: tuple[App, str]) -> None:
+    r = await client.post(
+        "/v1/track", json=TRACK, auth=(app_key[1], ""), headers={"Origin": "https://a.example"}
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "retry-after" in r.headers["access-control-expose-headers"].lower()
+
+
+async def test_cors_with_listed_origins(client_factory: Any, app_key: tuple[App, str]) -> None:
+    async with client_factory(cors_origins="https://shop.example") as c:
+        ok = await c.post(
+            "/v1/track", json=TRACK, auth=(app_key[1], ""), headers={"Origin": "https://shop.example"}
+        )
+        assert ok.headers["access-control-allow-origin"] == "https://shop.example"
+        other = await c.post(
+            "/v1/track", json=TRACK, auth=(app_key[1], ""), headers={"Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_wrong_method_and_unknown_path(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/track")).status_code == 405
+    assert (await client.post("/v1/nope", json={})).status_code == 404
+    assert (await client.post("/inappevent/a/b", json={})).status_code == 404
+
+
+async def test_the_starlette_routes_answer_the_same(
+    client: httpx.AsyncClient, publisher: MemoryPublisher, app_key: tuple[App, str]
+) -> None:
+    """The fast path and the Starlette-mounted endpoints are the same handlers."""
+    front = client._transport.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=front.starlette, client=("203.0.113.7", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as c:
+        r = await c.post("/v1/track", json=TRACK, auth=(app_key[1], ""))
+        assert r.status_code == 200
+        body = {"appsflyer_id": "af", "eventName": "x"}
+        assert (
+            await c.post("/inappevent/unit-app", json=body, headers={"authentication": app_key[1]})
+        ).status_code == 200
+        assert (
+            await c.post("/inappevent/other", json=body, headers={"authentication": app_key[1]})
+        ).status_code == 403
+    assert len(publisher.messages) == 2

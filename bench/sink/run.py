@@ -1,0 +1,197 @@
+"""Sink benchmark: rows/s into embedded ClickHouse and Redis counter updates/s from a pre-filled topic.
+
+Phases (each printed with its figures):
+
+1. produce N enriched events (Avro, single-object encoding) to a fresh topic with 4 partitions;
+2. run the sink loop (decode, Arrow, ClickHouse insert with dedup token, Redis Lua, commit) until all
+   N rows are committed: rows/s end to end from Kafka;
+3. baseline in the same run: a bare ``insert_arrow`` of the same rows into an identical empty table;
+   the ratio sink / bare is printed (target >= 50%);
+4. Redis alone: ``RedisSink.write`` of the same records in 10k-event batches: events/s;
+5. latency: events produced at a steady rate (default 5000/s for 10 s) with the produce time in
+   ``processed_at``; the time until each row's batch is committed (visible in ClickHouse): p50/p95.
+
+Usage: ``.venv/bin/python bench/sink/run.py [--events 300000] [--rate 5000] [--seconds 10]``.
+Needs Kafka and Redis (``trackflow stack up``); ClickHouse is embedded in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def make_records(n: int, t0: int) -> list[dict]:
+    from schemas import defaults
+
+    base = defaults("enriched_event")
+    out = []
+    for i in range(n):
+        r = dict(base)
+        u = f"user{i % 5000}"
+        r.update(message_id=f"b{i}", type="track", event=f"ev{i % 20}", app_id="bench", anonymous_id=f"d{u}",
+                 user_id=u, user_key=u, device_id=f"d{u}", received_at=t0, event_time=t0 + i % 60_000,
+                 processed_at=t0, reporting_currency="USD",
+                 properties='{"screen":"home","level":3,"price":1.99}', context='{"os":{"name":"iOS"}}')
+        if i % 20 == 0:
+            r.update(revenue=1.99, currency="USD", revenue_usd=1.99, revenue_reporting=1.99, fx_status="ok")
+        out.append(r)
+    return out
+
+
+def produce(bootstrap: str, topic: str, records: list[dict], rate: float | None = None) -> None:
+    from confluent_kafka import Producer
+
+    from schemas import codec
+
+    c = codec("enriched_event")
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1_000_000})
+    start = time.monotonic()
+    for i, rec in enumerate(records):
+        r = rec
+        if rate:
+            due = start + i / rate
+            if due > time.monotonic():
+                time.sleep(max(0.0, due - time.monotonic()))
+            r = dict(rec, processed_at=int(time.time() * 1000))
+        while True:
+            try:
+                p.produce(topic, c.encode(r, topic), key=f"bench:{r['device_id']}")
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 10000 == 0:
+            p.poll(0)
+    p.flush(60)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--rate", type=float, default=5000)
+    ap.add_argument("--seconds", type=float, default=10)
+    args = ap.parse_args()
+
+    tag = uuid.uuid4().hex[:6]
+    home = tempfile.mkdtemp(prefix="tf-bench-sink-")
+    os.environ.update({
+        "TRACKFLOW_HOME": home, "TRACKFLOW_TOPIC_PREFIX": f"bench{tag}.", "TRACKFLOW_REDIS_KEY_PREFIX": f"bench{tag}:",
+        "TRACKFLOW_CLICKHOUSE_DATABASE": "bench", "TRACKFLOW_SINK_GROUP_ID": f"bench-{tag}",
+    })
+    os.environ.pop("TRACKFLOW_CLICKHOUSE_URL", None)
+    import redis
+
+    from sinks.base import Batch
+    from sinks.clickhouse import connect
+    from sinks.redis import RedisSink
+    from sinks.rows import EVENTS
+    from sinks.service import build_loop, run_migrations
+    from sinks.settings import SinkSettings
+    from trackflow.config import ClickHouseSettings, CoreSettings, KafkaSettings, RedisSettings
+    from trackflow.stack import ensure_topics
+
+    kafka = KafkaSettings()
+    ensure_topics(kafka)
+    topic = kafka.topics.enriched
+    ch, core, settings = ClickHouseSettings(), CoreSettings(), SinkSettings()
+    run_migrations(ch, core, settings)
+
+    n = args.events
+    records = make_records(n, int(time.time() * 1000))
+    t = time.monotonic()
+    produce(kafka.kafka_bootstrap, topic, records)
+    print(f"produced {n} events in {time.monotonic() - t:.1f}s")
+
+    # 2. the sink loop, from the pre-filled topic
+    loop = build_loop(settings, ch, core)
+    done = threading.Event()
+
+    def on_flush(_: list) -> None:
+        if loop.stats["rows_written"] >= n:
+            done.set()
+
+    loop.on_flush = on_flush
+    th = threading.Thread(target=loop.run, daemon=True)
+    t = time.monotonic()
+    th.start()
+    done.wait(300)
+    sink_s = time.monotonic() - t
+    loop.stop()
+    th.join(30)
+    client = connect(ch, core)
+    rows = client.query("SELECT count() FROM events").result_rows[0][0]
+    sink_rate = n / sink_s
+    print(f"sink: {rows} rows in ClickHouse, {n} events committed in {sink_s:.2f}s -> {sink_rate:,.0f} rows/s "
+          f"(includes consumer group join; {loop.stats['flushes']} flushes)")
+
+    # 3. bare insert_arrow of the same rows into an identical table
+    client.command("CREATE TABLE bench.events_bare AS bench.events")
+    table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
+    t = time.monotonic()
+    for i in range(0, n, 50_000):
+        client.insert_arrow("events_bare", table.slice(i, 50_000))
+    bare_s = time.monotonic() - t
+    bare_rate = n / bare_s
+    print(f"bare insert_arrow (50k-row inserts): {bare_rate:,.0f} rows/s")
+    print(f"ratio sink / bare insert: {sink_rate / bare_rate:.0%}")
+
+    # 4. Redis counters alone
+    rs = RedisSettings()
+    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+    rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")
+    t = time.monotonic()
+    for i in range(0, n, 10_000):
+        chunk = records[i : i + 10_000]
+        rsink.write([Batch("solo", 0, list(range(i, i + len(chunk))), chunk)])
+    red_s = time.monotonic() - t
+    print(f"redis counters: {n / red_s:,.0f} events/s (plan + Lua, 10k-event batches)")
+
+    # 5. latency at a steady rate: produce -> committed (visible in ClickHouse)
+    lat: list[float] = []
+    m = int(args.rate * args.seconds)
+    live = make_records(m, int(time.time() * 1000))
+    for i, x in enumerate(live):
+        x["message_id"] = f"l{i}"
+
+    def record_latency(batches: list) -> None:
+        now = time.time() * 1000
+        for b in batches:
+            if b.table is not None:
+                sent = b.table.column("processed_at").cast("int64").to_pylist()
+                lat.extend((now - t) / 1000 for t in sent)
+
+    loop2 = build_loop(settings, ch, core)
+    loop2.on_flush = record_latency
+    th2 = threading.Thread(target=loop2.run, daemon=True)
+    th2.start()
+    time.sleep(3)  # let the consumer join its partitions
+    produce(kafka.kafka_bootstrap, topic, live, rate=args.rate)
+    deadline = time.monotonic() + 30
+    while len(lat) < m and time.monotonic() < deadline:
+        time.sleep(0.2)
+    loop2.stop()
+    th2.join(30)
+    if lat:
+        print(f"latency Kafka -> visible in ClickHouse at {args.rate:.0f} ev/s: p50 {pct(lat, 0.5):.2f}s, "
+              f"p95 {pct(lat, 0.95):.2f}s, p99 {pct(lat, 0.99):.2f}s ({len(lat)} of {m} events)")
+    r.close()
+    client.close()
+
+
+if __name__ == "__main__":
+    main()
