@@ -86,6 +86,7 @@ class Result:
     session_open: bool = False
     seen_key: str | None = None
     seen_expires: int | None = None
+    clock: int = 0  # received_at of the event: the clock of the message-id window
 
 
 _ENRICHED_DEFAULTS: Record = defaults("enriched_event")
@@ -332,7 +333,13 @@ class Processor:
                 rec["properties"] = enrich.strip_properties(raw["properties"], props, app.drop_properties)
         rec["processed_at"] = now
 
-        res = Result("enriched", enriched=[(dkey, rec)], device_key=dkey, session_open=not sess.get("x"))
+        res = Result(
+            "enriched",
+            enriched=[(dkey, rec)],
+            device_key=dkey,
+            session_open=not sess.get("x"),
+            clock=int(raw["received_at"]),
+        )
         for srec in session_records:
             res.sessions.append((f"{app_id}:{srec['session_id']}", srec))
         self.counters["enriched"] += 1

@@ -179,6 +179,35 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics) -> int:
         time.sleep(0.2)
 
 
+def init_offsets(kafka: KafkaSettings, group: str, topic: str) -> int:
+    """Commit the earliest offset for partitions of ``topic`` the group has never committed.
+
+    Faust can start a fresh group at the end of a partition when a rebalance happens before its
+    first commit, skipping events that arrived meanwhile. Committing the low watermark first
+    makes a new deployment start from the beginning. Fails harmlessly (returns 0) when the group
+    already has members. Returns how many partitions were initialised.
+    """
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    c = Consumer(kafka.client_config() | {"group.id": group, "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        todo = []
+        for tp in committed:
+            if tp.offset < 0:
+                low, _high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+                todo.append(TopicPartition(topic, tp.partition, low))
+        if todo:
+            c.commit(offsets=todo, asynchronous=False)
+        return len(todo)
+    except KafkaException as exc:
+        log.info("offsets of %s not initialised (%s); the group is already running", group, exc)
+        return 0
+    finally:
+        c.close()
+
+
 def build_app(
     *,
     kafka: KafkaSettings | None = None,
@@ -203,6 +232,7 @@ def build_app(
     if partitions is None:
         partitions = ensure_topics(kafka, topics)
     app_id = app_id_for(kafka.topic_prefix)
+    init_offsets(kafka, app_id, topics.raw)
     datadir = Path(core.home).resolve() / "pipeline" / app_id / settings.worker_name
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -241,6 +271,8 @@ def build_app(
     session_codec = codec_from_settings("session")
     fx = FxFeed(kafka, topics.fx, codec_from_settings("fx_rates"))
     open_sessions: dict[str, int] = {}  # device key -> partition
+    timer_closed: dict[str, str] = {}  # device key -> session id the timer already closed
+    positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
     sweep: dict[int, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
     scan = {"due": 0.0}
     app.pipeline = {"processor": proc, "rates": rates, "open_sessions": open_sessions}  # for inspection
@@ -271,7 +303,9 @@ def build_app(
                 raw_codec, event.value, pos=(partition, msg.offset), topic=msg.topic, now=now
             )
             emit(res)
+            positions[partition] = msg.offset
             if res.device_key is not None:
+                timer_closed.pop(res.device_key, None)
                 if res.session_open:
                     open_sessions[res.device_key] = partition
                 else:
@@ -279,8 +313,8 @@ def build_app(
             dq = sweep[partition]
             if res.seen_key is not None and res.seen_expires is not None:
                 dq.append((res.seen_expires, res.seen_key.encode()))
-            if dq and dq[0][0] <= now:
-                _sweep(dq, seen, now)
+            if dq and res.clock and dq[0][0] <= res.clock:
+                _sweep(dq, seen, res.clock)
             yield None
 
     @app.timer(interval=settings.session_timer_interval_s)
@@ -289,7 +323,7 @@ def build_app(
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.raw}
         if time.monotonic() >= scan["due"]:
             scan["due"] = time.monotonic() + 60.0
-            _rebuild_index(devices, open_sessions, actives)
+            _rebuild_index(devices, open_sessions, actives, timer_closed)
         for dkey, part in list(open_sessions.items()):
             if part not in actives:
                 open_sessions.pop(dkey, None)
@@ -298,11 +332,12 @@ def build_app(
             if closed is not None:
                 k, rec = closed
                 sessions_topic.send_soon(key=k.encode(), value=session_codec.encode(rec, topics.sessions))
+                timer_closed[dkey] = rec["session_id"]
                 open_sessions.pop(dkey, None)
 
     @app.timer(interval=30.0)
     async def report_counters() -> None:
-        log.info("pipeline counters: %s", dict(proc.counters))
+        log.info("pipeline counters: %s positions: %s", dict(proc.counters), dict(sorted(positions.items())))
 
     return app
 
@@ -318,7 +353,9 @@ def _sweep(dq: collections.deque[tuple[int, bytes]], seen: Any, now: int) -> Non
             del seen[key]
 
 
-def _rebuild_index(devices: Any, open_sessions: dict[str, int], actives: set[int]) -> None:
+def _rebuild_index(
+    devices: Any, open_sessions: dict[str, int], actives: set[int], timer_closed: dict[str, str]
+) -> None:
     """Find open sessions in the table (after start or a rebalance)."""
     try:
         store = devices.data
@@ -330,8 +367,8 @@ def _rebuild_index(devices: Any, open_sessions: dict[str, int], actives: set[int
                     s = orjson.loads(v).get("s")
                 except (orjson.JSONDecodeError, AttributeError):
                     continue
-                if s and not s.get("x"):
-                    key = k.decode() if isinstance(k, bytes) else str(k)
+                key = k.decode() if isinstance(k, bytes) else str(k)
+                if s and not s.get("x") and timer_closed.get(key) != s.get("id"):
                     open_sessions.setdefault(key, partition)
     except Exception:
         log.exception("could not scan the devices table for open sessions")
