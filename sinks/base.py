@@ -54,7 +54,7 @@ class Batch:
         return f"{self.topic}/{self.partition}/{self.first_offset}-{self.last_offset}"
 
     def __len__(self) -> int:
-        return len(self.records)
+        return int(self.table.num_rows) if self.table is not None else len(self.records)
 
 
 class Sink(Protocol):

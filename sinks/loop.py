@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -33,7 +34,6 @@ from sinks.batch import Batcher
 from sinks.clickhouse import ClickHouseSink
 from sinks.decode import ArrowDecoder
 from sinks.exceptions import SinkError
-from sinks.rows import live_view
 from sinks.settings import SinkSettings
 from trackflow.config import KafkaSettings, Topics
 
@@ -83,6 +83,7 @@ class SinkLoop:
         self._backoff = 0.0
         self._retry_at = 0.0
         self.on_flush: Callable[[list[Batch]], None] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-redis")
 
     # -- Kafka plumbing --------------------------------------------------------------------
 
@@ -160,6 +161,7 @@ class SinkLoop:
         finally:
             consumer.close()
             self._consumer = None
+            self._pool.shutdown(wait=True)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -180,7 +182,7 @@ class SinkLoop:
         if dec is not None:
             table, recs = dec.decode(b.records, b.topic)
             if table is not None:
-                return Batch(b.topic, b.partition, b.offsets, live_view(table), b.kind, table=table, span=span)
+                return Batch(b.topic, b.partition, b.offsets, [], b.kind, table=table, span=span)
         else:
             recs = []
             for v in b.records:
@@ -240,6 +242,16 @@ class SinkLoop:
             self._resume()
 
     def _write(self, batches: list[Batch]) -> None:
+        hooks = self.settings.sink_crash_after_insert or self.settings.sink_crash_after_redis
+        if len(self.sinks) == 2 and not hooks:
+            # ClickHouse and Redis in parallel (chdb and the socket release the GIL); both must
+            # succeed before the commit, and a retry is harmless for the one that did
+            fut = self._pool.submit(self.sinks[1].write, batches)
+            try:
+                self.sinks[0].write(batches)
+            finally:
+                fut.result()
+            return
         for i, sink in enumerate(self.sinks):
             sink.write(batches)
             if i == 0 and self.settings.sink_crash_after_insert and self.clickhouse.inserts > 0:

@@ -100,6 +100,61 @@ def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int
     return ops
 
 
+def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
+    """:func:`plan` for events decoded as an Arrow table, aggregated with Arrow's group-by (same ops)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return []
+    ts = pc.cast(table.column("event_time"), pa.int64())
+    ev = table.column("event")
+    name = pc.if_else(pc.fill_null(pc.equal(ev, ""), True), table.column("type"), ev)
+    dev = table.column("device_id")
+    device = pc.if_else(pc.fill_null(pc.equal(dev, ""), True), table.column("user_key"), dev)
+    t = pa.table({
+        "app": table.column("app_id"), "minute": pc.multiply(pc.divide(ts, 60_000), 60), "ev": name,
+        "day": pc.strftime(table.column("event_time"), format="%Y%m%d"), "user": table.column("user_key"),
+        "dev": device, "ts": ts,
+    })
+    ops: list[Op] = []
+    for r in sorted(t.group_by(["app", "minute", "ev"]).aggregate([([], "count_all")]).to_pylist(),
+                    key=lambda r: (r["app"], r["minute"], r["ev"])):
+        ops.append(("H", live_key(prefix, r["app"], "epm", r["minute"]), MINUTE_TTL_S, [r["ev"], str(r["count_all"])]))
+    for col, kind in (("user", "users"), ("dev", "devices")):
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for r in t.group_by(["app", "day", col]).aggregate([]).to_pylist():
+            groups[(r["app"], r["day"])].append(r[col])
+        for (app, day), members in sorted(groups.items()):
+            ops.extend(_chunks("P", live_key(prefix, app, "dau", kind, day), DAY_TTL_S, sorted(members)))
+    online: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for r in t.group_by(["app", "user"]).aggregate([("ts", "max")]).to_pylist():
+        online[r["app"]].append((r["user"], r["ts_max"]))
+    for app, seen in sorted(online.items()):
+        key = live_key(prefix, app, "online")
+        pairs = [x for user, ts_ in sorted(seen) for x in (str(ts_), user)]
+        for i in range(0, len(pairs), 2 * CHUNK):
+            ops.append(("Z", key, 2 * online_window_s, pairs[i : i + 2 * CHUNK]))
+        ops.append(("R", key, 2 * online_window_s, [str(max(v for _, v in seen) - 2 * online_window_s * 1000)]))
+    usd = table.column("revenue_usd")
+    paid = pc.and_(pc.is_valid(usd), pc.fill_null(table.column("revenue_in_range"), True))
+    if pc.any(paid).as_py():
+        rev = pa.table({"app": t.column("app"), "day": t.column("day"),
+                        "micros": pc.cast(pc.round(pc.multiply(usd, 1_000_000)), pa.int64())}).filter(paid)
+        for r in sorted(rev.group_by(["app", "day"]).aggregate([("micros", "sum")]).to_pylist(),
+                        key=lambda r: (r["app"], r["day"])):
+            ops.append(("I", live_key(prefix, r["app"], "revenue_usd", r["day"]), DAY_TTL_S, [str(r["micros_sum"])]))
+    lvl = table.column("error_level")
+    has_err = pc.fill_null(pc.not_equal(lvl, ""), False)
+    if pc.any(has_err).as_py():
+        errs = pa.table({"app": t.column("app"), "minute": t.column("minute"), "lvl": lvl}).filter(has_err)
+        for r in sorted(errs.group_by(["app", "minute", "lvl"]).aggregate([([], "count_all")]).to_pylist(),
+                        key=lambda r: (r["app"], r["minute"], r["lvl"])):
+            ops.append(("H", live_key(prefix, r["app"], "errors", r["minute"]), MINUTE_TTL_S,
+                        [r["lvl"], str(r["count_all"])]))
+    return ops
+
+
 def _plan_invalid(records: Sequence[Record], prefix: str) -> list[Op]:
     counts: dict[tuple[str, int, str], int] = defaultdict(int)
     for r in records:
@@ -162,7 +217,10 @@ class RedisSink:
                 b = batch if last is None else _after(batch, int(last))
                 if not len(b):
                     continue
-                ops = plan(b.records, b.kind, self.prefix, self.online_window_s)
+                if b.table is not None:
+                    ops = plan_table(b.table, self.prefix, self.online_window_s)
+                else:
+                    ops = plan(b.records, b.kind, self.prefix, self.online_window_s)
                 self._script(keys=[okey], args=script_args(b, ops), client=pipe)
                 n += 1
             if n:
@@ -183,6 +241,9 @@ def _after(batch: Batch, last: int) -> Batch:
     if batch.first_offset > last:
         return batch
     idx = [i for i, o in enumerate(batch.offsets) if o > last]
+    if batch.table is not None:
+        return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx], [], batch.kind,
+                     table=batch.table.take(idx), span=(batch.offsets[idx[0]], batch.last_offset) if idx else None)
     return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx],
                  [batch.records[i] for i in idx], batch.kind, span=(batch.offsets[idx[0]], batch.last_offset)
                  if idx else None)

@@ -78,14 +78,20 @@ class TableSpec:
                 arrays.append(overrides[c.name])
                 continue
             key = c.field or c.name
-            arr = table.column(key).cast(c.type) if key in names else pa.nulls(n, c.type)
+            if key not in names:
+                arr = pa.nulls(n, c.type)
+            else:
+                arr = table.column(key)
+                # large_string goes to ClickHouse as is (a cast would copy every string)
+                if not (arr.type == pa.large_string() and c.type == STR):
+                    arr = arr.cast(c.type)
             if c.default is not None:
-                arr = pc.fill_null(arr, pa.scalar(c.default, c.type))
+                arr = pc.fill_null(arr, pa.scalar(c.default, arr.type))
             arrays.append(arr)
         arrays.append(pa.array([topic] * n, type=STR))
         arrays.append(pa.array([partition] * n, type=pa.uint32()))
         arrays.append(pa.array(offsets, type=pa.uint64()))
-        return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
+        return pa.Table.from_arrays(arrays, names=self.arrow_schema.names)
 
 
 #: the fields of an event the live counters need

@@ -53,3 +53,25 @@ def test_many_members_are_chunked():
     recs = [ev(f"u{i:05d}") for i in range(2500)]
     pf = [o for o in plan(recs, "events", "p:") if o[0] == "P" and "users" in o[1]]
     assert [len(o[3]) for o in pf] == [1000, 1000, 500]
+
+
+def test_arrow_plan_equals_the_record_plan():
+    import random
+
+    import pyarrow as pa
+
+    from sinks.redis import plan_table
+
+    rnd = random.Random(7)
+    recs = []
+    for _ in range(300):
+        recs.append({
+            "app_id": rnd.choice(["a", "b"]), "user_key": f"u{rnd.randrange(40)}",
+            "device_id": rnd.choice([f"d{rnd.randrange(50)}", ""]), "event": rnd.choice(["open", "buy", None, ""]),
+            "type": rnd.choice(["track", "screen"]), "event_time": T0 + rnd.randrange(-200_000, 200_000),
+            "revenue_usd": rnd.choice([None, 1.234567, -2.5, 0.1]), "revenue_in_range": rnd.random() > 0.1,
+            "error_level": rnd.choice([None, None, "Error", "Warning"]),
+        })
+    table = pa.Table.from_pylist(recs).set_column(
+        5, "event_time", pa.array([r["event_time"] for r in recs], pa.timestamp("ms", tz="UTC")))
+    assert plan_table(table, "p:", 300) == plan(recs, "events", "p:", 300)
