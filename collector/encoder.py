@@ -3,7 +3,9 @@
 fastavro's ``schemaless_writer`` spends most of its time per call on set-up (schema lookup,
 encoder objects), which dominates for small records. RawEvent only uses strings, longs, doubles
 and ``["null", T]`` unions, so this module compiles the latest ``raw_event`` schema once into one
-straight-line Python function that appends bytes directly (about 3x faster). Single-object framing (``C3 01`` + the
+straight-line Python function that appends bytes directly, with a per-field cache of encoded
+short strings (app id, type, IP, user agent, ``{}``, event names repeat): about 3x faster than
+fastavro on realistic batches. Single-object framing (``C3 01`` + the
 fingerprint) is added exactly as :class:`schemas.serde.SingleObjectCodec` does.
 
 :func:`raw_event_encoder` returns this encoder when no schema registry is configured and the schema
@@ -33,18 +35,40 @@ def _varint(buf: bytearray, n: int) -> None:
     buf.append(n)
 
 
-def _field_code(name: str, t: Any, var: str) -> list[str] | None:
-    """Source lines appending field ``name`` (value in ``var``) of Avro type ``t`` to ``b``."""
+_CACHE_MAX = 4096  # entries per field
+_CACHE_MAX_LEN = 256  # only short strings are cached
+
+
+def _string_miss(cache: dict[str, bytes], v: Any, prefix: bytes, name: str) -> bytes:
+    """Encode string ``v`` (with a union-branch ``prefix``) and remember it if it is short."""
+    if v.__class__ is not str:
+        raise TypeError(f"{name} must be a string")
+    s = v.encode()
+    n = len(s)
+    head = bytearray(prefix)
+    _varint(head, n)
+    out = bytes(head) + s
+    if n <= _CACHE_MAX_LEN:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[v] = out
+    return out
+
+
+def _field_code(name: str, t: Any, var: str, prefix: bytes = b"") -> list[str] | None:
+    """Source lines appending field ``name`` (value in ``var``) of Avro type ``t`` to ``b``.
+
+    Strings go through a per-field cache of their encoded bytes: app ids, types, sources, IPs,
+    user agents, request ids, ``{}`` and event names repeat from event to event.
+    """
     if isinstance(t, dict):
         t = t.get("type")
     if t == "string":
+        cache = f"_cache_{name}"
         return [
-            f"if {var}.__class__ is not str: raise TypeError('{name} must be a string')",
-            f"s = {var}.encode()",
-            "n = len(s)",
-            "if n < 64: b.append(n << 1)",
-            "else: _varint(b, n)",
-            "b += s",
+            f"e = {cache}.get({var})",
+            f"if e is None: e = _string_miss({cache}, {var}, {prefix!r}, {name!r})",
+            "b += e",
         ]
     if t in ("long", "int"):
         return [
@@ -63,7 +87,14 @@ def _field_code(name: str, t: Any, var: str) -> list[str] | None:
         ]
     if isinstance(t, list) and len(t) == 2 and "null" in t:
         null_index = t.index("null")
-        inner = _field_code(name, t[1 - null_index], var)
+        branch = bytes([(1 - null_index) * 2])  # zigzag of the non-null branch index
+        inner_t = t[1 - null_index]
+        if (inner_t.get("type") if isinstance(inner_t, dict) else inner_t) == "string":
+            inner = _field_code(name, inner_t, var, prefix=branch)  # the branch byte is cached too
+            if inner is None:
+                return None
+            return [f"if {var} is None: b.append({null_index * 2})", "else:", *(f"    {x}" for x in inner)]
+        inner = _field_code(name, inner_t, var)
         if inner is None:
             return None
         return [
@@ -96,7 +127,13 @@ class FastRecordEncoder:
             lines.append(f"    v = r[{f['name']!r}]")
             lines += [f"    {line}" for line in code]
         lines.append("    return bytes(b)")
-        namespace: dict[str, Any] = {"HEADER": self.header, "_varint": _varint, "_pack_double": _pack_double}
+        namespace: dict[str, Any] = {
+            "HEADER": self.header,
+            "_varint": _varint,
+            "_pack_double": _pack_double,
+            "_string_miss": _string_miss,
+        }
+        namespace.update({f"_cache_{f['name']}": {} for f in version.source["fields"]})
         # the source is generated from the shipped schema files only, never from input data
         exec(compile("\n".join(lines), f"<encoder {name}>", "exec"), namespace)  # noqa: S102
         self.encode: Callable[[Record, str], bytes] = namespace["encode"]
