@@ -274,9 +274,11 @@ def _number(value: Any) -> float | None:
 def _library(context: dict[str, Any] | None, user_agent: str | None) -> str | None:
     if context:
         lib = context.get("library")
-        if isinstance(lib, dict) and isinstance(lib.get("name"), str):
-            version = lib.get("version")
-            return f"{lib['name']}/{version}" if isinstance(version, str | int | float) else lib["name"]
+        if lib.__class__ is dict:
+            name = lib.get("name")
+            if name.__class__ is str:
+                version = lib.get("version")
+                return f"{name}/{version}" if version.__class__ in (str, int, float) else name  # type: ignore[no-any-return]
     if user_agent and not user_agent.startswith("Mozilla/"):
         token = user_agent.split(" ", 1)[0]
         if "/" in token:
@@ -284,18 +286,34 @@ def _library(context: dict[str, Any] | None, user_agent: str | None) -> str | No
     return None
 
 
+def _sid(v: Any) -> str | None:
+    cls = v.__class__
+    if cls is str:
+        return v or None  # type: ignore[no-any-return]
+    if cls is int:
+        return str(v)
+    return None
+
+
 def _session_id(props: dict[str, Any] | None, context: dict[str, Any] | None) -> str | None:
-    for doc, keys in ((props, ("session_id", "sessionId")), (context, ("sessionId", "session_id"))):
-        if doc:
-            for k in keys:
-                v = doc.get(k)
-                if isinstance(v, str | int) and not isinstance(v, bool) and v != "":
-                    return str(v)
+    """``properties.session_id``/``sessionId``, else ``context.sessionId``/``session_id`` (RudderStack)."""
+    if props:
+        v = props.get("session_id")
+        if v is None:
+            v = props.get("sessionId")
+        if v is not None and (sid := _sid(v)) is not None:
+            return sid
+    if context:
+        v = context.get("sessionId")
+        if v is None:
+            v = context.get("session_id")
+        if v is not None:
+            return _sid(v)
     return None
 
 
 def _ip(body_ip: Any, stamp: Stamp) -> str | None:
-    if isinstance(body_ip, str) and body_ip:
+    if body_ip.__class__ is str and body_ip:
         return mask_ip(body_ip) if stamp.mask_ip else body_ip
     return stamp.ip
 
