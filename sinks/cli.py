@@ -8,6 +8,7 @@ from typing import Any
 import click
 import orjson
 
+import sinks.settings  # noqa: F401  (registers the "sink" section of `trackflow config`)
 from trackflow.cli import echo_json
 
 
