@@ -147,6 +147,7 @@ class KafkaPublisher:
         self._inflight = 0
         self._pump_loop: asyncio.AbstractEventLoop | None = None
         self._pump_handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._pump_idle = True  # the next pump is the slow idle one (50 ms away)
         self._thread: threading.Thread | None = None
         if self._poll_mode == "thread":
             self._thread = threading.Thread(target=self._poll_loop, name="collector-kafka-poll", daemon=True)
@@ -170,7 +171,8 @@ class KafkaPublisher:
         if self._closed or self._pump_loop is None:
             return
         self._producer.poll(0)
-        self._pump_handle = self._pump_loop.call_later(0.001 if self._inflight else 0.05, self._pump)
+        self._pump_idle = not self._inflight
+        self._pump_handle = self._pump_loop.call_later(0.05 if self._pump_idle else 0.001, self._pump)
 
     def _replace_if_fatal(self) -> None:
         if self._fatal is None:
@@ -189,9 +191,17 @@ class KafkaPublisher:
         self._replace_if_fatal()
         loop = asyncio.get_running_loop()
         threaded = self._thread is not None
-        if not threaded and self._pump_loop is not loop:
-            self._pump_loop = loop
-            self._pump_handle = loop.call_soon(self._pump)
+        if not threaded:
+            if self._pump_loop is not loop:
+                self._pump_loop = loop
+                self._pump_handle = loop.call_later(0.001, self._pump)
+                self._pump_idle = False
+            elif self._pump_idle:
+                # the pump was resting: bring it forward so this request's reports are seen in ~1 ms
+                if self._pump_handle is not None:
+                    self._pump_handle.cancel()
+                self._pump_handle = loop.call_later(0.001, self._pump)
+                self._pump_idle = False
         delivery = _Delivery(len(messages), loop, topic, threadsafe=threaded)
         deadline = time.monotonic() + wait_s
         produce = self._producer.produce
