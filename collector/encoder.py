@@ -55,6 +55,15 @@ def _string_miss(cache: dict[str, bytes], v: Any, prefix: bytes, name: str) -> b
     return out
 
 
+def _long_miss(cache: dict[int, bytes], v: int) -> bytes:
+    out = bytearray()
+    _varint(out, v)
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[v] = bytes(out)
+    return cache[v]
+
+
 def _field_code(name: str, t: Any, var: str, prefix: bytes = b"") -> list[str] | None:
     """Source lines appending field ``name`` (value in ``var``) of Avro type ``t`` to ``b``.
 
@@ -71,9 +80,12 @@ def _field_code(name: str, t: Any, var: str, prefix: bytes = b"") -> list[str] |
             "b += e",
         ]
     if t in ("long", "int"):
+        cache = f"_cache_{name}"  # e.g. received_at: one value per request
         return [
             f"if {var}.__class__ is not int: raise TypeError('{name} must be an integer')",
-            f"_varint(b, {var})",
+            f"e = {cache}.get({var})",
+            f"if e is None: e = _long_miss({cache}, {var})",
+            "b += e",
         ]
     if t == "double":
         return [
@@ -132,6 +144,7 @@ class FastRecordEncoder:
             "_varint": _varint,
             "_pack_double": _pack_double,
             "_string_miss": _string_miss,
+            "_long_miss": _long_miss,
         }
         namespace.update({f"_cache_{f['name']}": {} for f in version.source["fields"]})
         # the source is generated from the shipped schema files only, never from input data
