@@ -130,8 +130,7 @@ def reset_data(core: CoreSettings) -> None:
 
     kafka = KafkaSettings()
     admin = AdminClient(kafka.client_config())
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)
-             or t.startswith("trackflow-")]
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)]
     if names:
         for fut in admin.delete_topics(names, request_timeout=30).values():
             with contextlib.suppress(Exception):
@@ -139,7 +138,7 @@ def reset_data(core: CoreSettings) -> None:
         local_stack.wait_until(
             lambda: not (set(names) & set(admin.list_topics(timeout=10).topics)),
             timeout=60, what="topic deletion", service="kafka")
-    for sub in ("chdb", "worker", "faust"):
+    for sub in ("chdb", "pipeline"):
         shutil.rmtree(core.home / sub, ignore_errors=True)
     import redis
 
@@ -178,11 +177,15 @@ class ReadApi:
         return rows
 
 
-def wait_visible(api: ReadApi, expected_events: int, expected_invalid: int, timeout: float = 600) -> float:
+def wait_visible(api: ReadApi, expected_events: int, expected_invalid: int,
+                 paths: local_stack.StackPaths, timeout: float = 600) -> float:
     """Poll ClickHouse until every expected event and dead letter is stored. Returns seconds waited."""
     t0 = time.monotonic()
     last = (-1, -1)
     while time.monotonic() - t0 < timeout:
+        for name in SERVICES:
+            if local_stack.read_pid(paths.pidfile(name)) is None:
+                raise click.ClickException(f"{name} exited; see {paths.logfile(name)}")
         try:
             ev = api.sql("SELECT uniqExact(message_id) AS n FROM events")[0]["n"]
             inv = api.sql("SELECT count() AS n FROM invalid_events")[0]["n"]
@@ -308,7 +311,7 @@ def demo(ctx: click.Context, users: int, days: int, seed: int, keep_data: bool) 
     _say("wait until every accepted event is visible in ClickHouse")
     api = ReadApi(key)
     exp = sim["expected"]
-    waited = wait_visible(api, exp["expected_stored"], sum(exp["invalid"].values()))
+    waited = wait_visible(api, exp["expected_stored"], sum(exp["invalid"].values()), paths)
     print_report(api, sim, keys, waited)
     url = f"http://127.0.0.1:{READ_API_PORT}/?key={key}&from={exp['start']}&to={exp['end']}"
     click.secho(f"\nDashboard: {url}", bold=True)
