@@ -243,6 +243,13 @@ class AppRegistry:
             self._save(apps)
             return app, wkey, rkey
 
+    def rotate_keys(self, app_id: str) -> tuple[App, str, str]:
+        """Issue a new write key and read key for an app; the old ones stop working at once."""
+        wkey = WRITE_KEY_PREFIX + secrets.token_urlsafe(24)
+        rkey = READ_KEY_PREFIX + secrets.token_urlsafe(24)
+        app = self.update(app_id, write_key_hash=hash_key(wkey), read_key_hash=hash_key(rkey))
+        return app, wkey, rkey
+
     def update(self, app_id: str, **changes: Any) -> App:
         """Change an app's settings (not its keys)."""
         with self._lock:

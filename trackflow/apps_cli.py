@@ -64,4 +64,18 @@ def list_(as_json: bool) -> None:
                    f"{r['session_timeout_s']:>7} {r['retention_window_days']:>4}")
 
 
+@apps.command("rotate-keys")
+@click.argument("app_id")
+@click.option("--json", "as_json", is_flag=True, help='Print {"app_id", "write_key", "read_key"}.')
+def rotate_keys(app_id: str, as_json: bool) -> None:
+    """Issue new write and read keys for APP_ID (the old ones stop working within a second)."""
+    app, wkey, rkey = open_registry().rotate_keys(app_id)
+    if as_json:
+        echo_json({"app_id": app.app_id, "write_key": wkey, "read_key": rkey})
+        return
+    click.echo(f"app_id:    {app.app_id}")
+    click.echo(f"write_key: {wkey}")
+    click.echo(f"read_key:  {rkey}")
+
+
 commands = [apps]

@@ -149,6 +149,31 @@ def reset_data(core: CoreSettings) -> None:
     local_stack.ensure_topics(kafka)
 
 
+#: the demo's apps: (kind, app_id, reporting currency); X = 7 days so that 14 days of history
+#: contain re-engaged users (X = 30, the default, needs more than a month of history)
+DEMO_APPS = (("game", "game", "EUR"), ("shop", "shop", "GBP"))
+DEMO_RETENTION_WINDOW_DAYS = 7
+
+
+def ensure_demo_apps(core: CoreSettings, keys_file: Path) -> dict[str, dict[str, str]]:
+    """Register the demo's apps (or issue them new keys) and write their keys to ``keys_file``."""
+    from trackflow.apps import AppRegistry
+
+    reg = AppRegistry(core.apps_path)
+    keys: dict[str, dict[str, str]] = {}
+    for kind, app_id, currency in DEMO_APPS:
+        if reg.get(app_id) is None:
+            app, wkey, rkey = reg.add(kind.capitalize(), app_id=app_id, currency=currency,
+                                      retention_window_days=DEMO_RETENTION_WINDOW_DAYS)
+        else:
+            reg.update(app_id, reporting_currency=currency, retention_window_days=DEMO_RETENTION_WINDOW_DAYS)
+            app, wkey, rkey = reg.rotate_keys(app_id)
+        keys[kind] = {"app_id": app.app_id, "write_key": wkey, "read_key": rkey}
+    keys_file.write_bytes(orjson.dumps(keys, option=orjson.OPT_INDENT_2))
+    keys_file.chmod(0o600)
+    return keys
+
+
 def _run(args: list[str], env: dict[str, str]) -> str:
     import subprocess
 
@@ -257,9 +282,10 @@ def print_report(api: ReadApi, sim: dict[str, Any], keys: dict[str, Any], waited
     click.echo(f"\n{total} events stored {match} the {exp['expected_stored']} simulate expected")
     for kind, app_id in ((k, v["app_id"]) for k, v in keys.items()):
         click.secho(f"\n---------------- {kind} ({app_id}) ----------------", bold=True)
+        steps = ",".join(f["step"] for f in exp["apps"].get(kind, {}).get("funnel", []))
         for title, name in REPORT_METRICS:
             try:
-                rows = api.metric(name, app_id, start, end)
+                rows = api.metric(name, app_id, start, end, **({"steps": steps} if name == "funnel" else {}))
             except httpx.HTTPStatusError as exc:
                 click.echo(f"\n{title}: {exc.response.status_code} {exc.response.text[:200]}")
                 continue
@@ -303,17 +329,19 @@ def demo(ctx: click.Context, users: int, days: int, seed: int, keep_data: bool) 
     _say(f"simulate {users} users x {days} days (seed {seed})")
     keys_file = demo_dir(core) / "keys.json"
     out = demo_dir(core) / "simulate.json"
+    keys = ensure_demo_apps(core, keys_file)
     click.echo(_run(["simulate", "--collector", f"http://127.0.0.1:{COLLECTOR_PORT}", "--users", str(users),
-                     "--days", str(days), "--seed", str(seed), "--keys-file", str(keys_file), "--register",
+                     "--days", str(days), "--seed", str(seed), "--keys-file", str(keys_file),
                      "--out", str(out)], env))
     sim = orjson.loads(out.read_bytes())
-    keys = orjson.loads(keys_file.read_bytes())
     _say("wait until every accepted event is visible in ClickHouse")
     api = ReadApi(key)
     exp = sim["expected"]
     waited = wait_visible(api, exp["expected_stored"], sum(exp["invalid"].values()), paths)
     print_report(api, sim, keys, waited)
-    url = f"http://127.0.0.1:{READ_API_PORT}/?key={key}&from={exp['start']}&to={exp['end']}"
+    game_steps = ",".join(f["step"] for f in exp["apps"].get("game", {}).get("funnel", []))
+    url = (f"http://127.0.0.1:{READ_API_PORT}/?key={key}&app=game&from={exp['start']}&to={exp['end']}"
+           f"&steps={game_steps}")
     click.secho(f"\nDashboard: {url}", bold=True)
     click.echo(f"Reports:   .venv/bin/trackflow report dau --app game --from {exp['start']} --to {exp['end']}")
     click.echo("Stop:      make stop")

@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS {db}.{t:events} {on_cluster}
     client_time        Nullable(DateTime64(3, 'UTC')),
     received_at        DateTime64(3, 'UTC'),
     processed_at       DateTime64(3, 'UTC'),
+    -- when the sink's insert reached ClickHouse: collector receipt -> stored latency
+    inserted_at        DateTime64(3, 'UTC') DEFAULT now64(3),
     timestamp_sent     Nullable(String),
     sent_at            Nullable(String),
     source             LowCardinality(String),

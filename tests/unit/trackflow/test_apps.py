@@ -70,3 +70,12 @@ def test_update_changes_settings_and_keeps_keys(tmp_path: Path) -> None:
     data = orjson.loads((tmp_path / "apps.json").read_bytes())
     assert data["apps"][0]["reporting_currency"] == "EUR"
     assert reg.by_write_key(wkey).session_timeout_s == 45  # type: ignore[union-attr]
+
+
+def test_rotate_keys_revokes_the_old_ones(tmp_path: Path) -> None:
+    reg = AppRegistry(tmp_path / "apps.json")
+    app, old_w, old_r = reg.add("Rot")
+    _, new_w, new_r = reg.rotate_keys(app.app_id)
+    assert reg.by_write_key(old_w) is None and reg.by_read_key(old_r) is None
+    assert reg.by_write_key(new_w).app_id == app.app_id  # type: ignore[union-attr]
+    assert reg.by_read_key(new_r).app_id == app.app_id  # type: ignore[union-attr]
