@@ -136,7 +136,9 @@ def read_raw(
         while time.monotonic() < deadline:
             for m in c.consume(num_messages=1000, timeout=0.5):
                 if m.error() is None:
-                    rec = raw.decode(m.value(), topic)
+                    value = m.value()
+                    assert value is not None
+                    rec = raw.decode(value, topic)
                     rec["_key"] = m.key()
                     out.append(rec)
             if len(out) >= expect:

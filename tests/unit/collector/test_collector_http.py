@@ -18,7 +18,7 @@ RAW = codec("raw_event")
 TRACK = {"anonymousId": "anon-1", "event": "Signed Up", "properties": {"plan": "pro"}}
 
 
-def _decoded(pub: MemoryPublisher) -> list[dict]:
+def _decoded(pub: MemoryPublisher) -> list[dict[str, Any]]:
     return [RAW.decode(v, t) for t, _, v in pub.messages]
 
 

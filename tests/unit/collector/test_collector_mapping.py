@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
 from collector.mapping import (
     Limits,
+    MapResult,
     Reason,
     Stamp,
     kafka_key,
@@ -28,7 +31,7 @@ LIMITS = Limits()
 RAW = codec("raw_event")
 
 
-def _one(result):  # type: ignore[no-untyped-def]
+def _one(result: MapResult) -> dict[str, Any]:
     assert result.ok, result.errors
     assert len(result.events) == 1
     rec = result.events[0]
@@ -185,7 +188,9 @@ def test_business_rule_violations_still_map() -> None:
         ({"event": "x", "anonymousId": "a", "timestamp": {}}, "track", Reason.INVALID_FIELD, "timestamp"),
     ],
 )
-def test_segment_envelope_rejections(body: dict, path_type: str, reason: Reason, field: str) -> None:
+def test_segment_envelope_rejections(
+    body: dict[str, Any], path_type: str, reason: Reason, field: str
+) -> None:
     result = map_segment(body, STAMP, LIMITS, path_type)
     assert not result.ok and result.events == []
     assert [(e.reason, e.field, e.index) for e in result.errors] == [(reason, field, 0)]
@@ -335,7 +340,7 @@ def test_app_tracking_events_list_and_extra_fields() -> None:
         ),
     ],
 )
-def test_app_tracking_rejections(body: dict, reason: Reason, field: str) -> None:
+def test_app_tracking_rejections(body: dict[str, Any], reason: Reason, field: str) -> None:
     result = map_app_tracking(body, STAMP, LIMITS)
     assert [(e.reason, e.field) for e in result.errors] == [(reason, field)]
 
