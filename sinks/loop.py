@@ -90,7 +90,7 @@ class SinkLoop:
     def _make_consumer(self) -> Consumer:
         return Consumer({
             **self.kafka.client_config(),
-            "group.id": self.settings.sink_group_id,
+            "group.id": self.settings.group_id(self.kafka.topic_prefix),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,

@@ -61,9 +61,10 @@ def build_loop(settings: SinkSettings, ch: ClickHouseSettings, core: CoreSetting
         app = registry.get(app_id)
         return app.data_retention_months if app else 24
 
-    chsink = ClickHouseSink(connect(ch, core), settings.sink_group_id, months)
+    group = settings.group_id(kafka.topic_prefix)
+    chsink = ClickHouseSink(connect(ch, core), group, months)
     rsink = RedisSink(redis_lib.Redis.from_url(rs.redis_url.get_secret_value()), rs.redis_key_prefix,
-                      settings.sink_group_id, settings.online_window_s)
+                      group, settings.online_window_s)
     codecs = {k: codec_from_settings(n) for k, n in
               (("events", "enriched_event"), ("sessions", "session"), ("invalid", "invalid_event"),
                ("fx", "fx_rates"))}

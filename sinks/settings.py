@@ -12,7 +12,8 @@ class SinkSettings(BaseSettings):
     """How ``trackflow sink`` batches, commits and serves.
 
     Parameters:
-        sink_group_id: Kafka consumer group of the sink.
+        sink_group_id: Kafka consumer group of the sink (default ``<topic prefix>sink``, so that
+            installations sharing a broker under different prefixes never share a group).
         sink_batch_rows: flush when this many rows are buffered (all partitions together).
         sink_batch_age_s: flush when the oldest buffered row is this old.
         sink_max_buffer_rows: above this, consumption pauses until a flush succeeds (bounded memory).
@@ -30,7 +31,11 @@ class SinkSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TRACKFLOW_", env_file=".env", extra="ignore", frozen=True)
 
-    sink_group_id: str = "trackflow-sink"
+    sink_group_id: str | None = None
+
+    def group_id(self, topic_prefix: str) -> str:
+        """The consumer group: ``TRACKFLOW_SINK_GROUP_ID``, else ``<topic prefix>sink``."""
+        return self.sink_group_id or f"{topic_prefix}sink"
     sink_batch_rows: int = Field(default=50_000, ge=1)
     sink_batch_age_s: float = Field(default=1.0, gt=0)
     sink_max_buffer_rows: int = Field(default=200_000, ge=1)

@@ -10,7 +10,7 @@ consumer for watermarks and ``offsets_for_times``. Kafka refuses to move the off
 still has members; so do we, with a clear message.
 
 Consumer groups: the pipeline workers use ``<topic_prefix>pipeline`` on the raw topic; the sink uses
-``TRACKFLOW_SINK_GROUP_ID`` (default ``trackflow-sink``) on the enriched, invalid and sessions topics.
+``TRACKFLOW_SINK_GROUP_ID`` (default ``<topic prefix>sink``, i.e. ``tf.sink``) on the enriched, invalid and sessions topics.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def _require_inactive(admin: AdminClient, group: str, topic: str, timeout_s: flo
 
 
 @click.command("replay")
-@click.option("--group", required=True, help="Consumer group, e.g. tf.pipeline (workers) or trackflow-sink.")
+@click.option("--group", required=True, help="Consumer group, e.g. tf.pipeline (workers) or tf.sink.")
 @click.option(
     "--topic",
     required=True,
