@@ -107,4 +107,28 @@ def sql_cmd(statement: str, as_json: bool) -> None:
         click.echo(table(result["rows"], result["columns"]))
 
 
-commands: list[click.Command] = [sink_cmd, db, report_cmd, sql_cmd]
+@click.command("dashboard")
+@click.option("--host", default=None, help="Interface (default TRACKFLOW_READ_API_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default TRACKFLOW_READ_API_PORT, 8081).")
+def dashboard_cmd(host: str | None, port: int | None) -> None:
+    """Serve the dashboard and the read API against a ClickHouse server (TRACKFLOW_CLICKHOUSE_URL).
+
+    In embedded mode the sink serves them itself (only one process may open the data directory),
+    so this command refuses to run there.
+    """
+    import uvicorn
+
+    from sinks.readapi import create_app_from_settings
+    from sinks.settings import SinkSettings
+    from trackflow.config import ClickHouseSettings
+
+    if ClickHouseSettings().is_embedded():
+        raise click.ClickException(
+            "TRACKFLOW_CLICKHOUSE_URL is not set: in embedded mode `trackflow sink` serves the dashboard"
+        )
+    s = SinkSettings()
+    uvicorn.run(create_app_from_settings(), host=host or s.read_api_host,
+                port=s.read_api_port if port is None else port, log_level="warning", access_log=False)
+
+
+commands: list[click.Command] = [sink_cmd, db, report_cmd, sql_cmd, dashboard_cmd]

@@ -51,3 +51,9 @@ def test_config_masks_secrets(tmp_path: Path, as_json: bool) -> None:
         cfg = json.loads(res.stdout)
         assert cfg["redis"]["redis_url"] == "**********"
         assert cfg["kafka"]["topic_prefix"] == "x."
+
+
+def test_dashboard_refuses_embedded_mode(tmp_path: Path) -> None:
+    res = run(["dashboard"], tmp_path)
+    assert res.returncode == 1
+    assert "embedded mode" in res.stderr and "trackflow sink" in res.stderr
