@@ -107,6 +107,27 @@ def collector_factory(
         c.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _collector_topics_cleanup(subprocess_env: dict[str, str], run_id: str) -> Iterator[None]:
+    """At the end, delete the collectors' topics (t<run>c<n>.) and the publisher tests' (t<run>p<mode>.)."""
+    yield
+    _delete_topics(subprocess_env["TRACKFLOW_KAFKA_BOOTSTRAP"], (f"t{run_id}c", f"t{run_id}p"))
+
+
+def _delete_topics(bootstrap: str, prefixes: tuple[str, ...]) -> None:
+    """Best-effort removal of this run's collector topics from the shared broker."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+    if names:
+        for fut in admin.delete_topics(names, request_timeout=30).values():
+            try:
+                fut.result()
+            except Exception:  # already gone, or the broker is busy: not worth failing a run
+                pass
+
+
 @pytest.fixture(scope="session")
 def collector(collector_factory: Callable[..., CollectorProc], topics: Topics) -> CollectorProc:
     """One collector on the run's broker, shared by the tests of this folder."""
