@@ -60,16 +60,17 @@ def _read_key(core: CoreSettings) -> str:
     return path.read_text().strip()
 
 
-def service_env(core: CoreSettings) -> dict[str, str]:
-    """Environment of the demo's services."""
-    env = dict(os.environ)
+def service_env(core: CoreSettings, collector_port: int = COLLECTOR_PORT,
+                read_port: int = READ_API_PORT, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the pipeline's services (collector, worker, sink) on loopback."""
+    env = dict(os.environ if base is None else base)
     env.update({
         "TRACKFLOW_HOME": str(core.home.resolve()),
         "TRACKFLOW_READ_KEY": _read_key(core),
         "TRACKFLOW_COLLECTOR_HOST": "127.0.0.1",
-        "TRACKFLOW_COLLECTOR_PORT": str(COLLECTOR_PORT),
+        "TRACKFLOW_COLLECTOR_PORT": str(collector_port),
         "TRACKFLOW_READ_API_HOST": "127.0.0.1",
-        "TRACKFLOW_READ_API_PORT": str(READ_API_PORT),
+        "TRACKFLOW_READ_API_PORT": str(read_port),
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -79,16 +80,17 @@ def _trackflow() -> list[str]:
     return [sys.executable, "-m", "trackflow"]
 
 
-def start_services(core: CoreSettings, paths: local_stack.StackPaths) -> dict[str, str]:
-    """Start collector, worker and sink unless running. Returns what was done per service."""
-    env = service_env(core)
+def start_services(paths: local_stack.StackPaths, env: dict[str, str],
+                   names: tuple[str, ...] = SERVICES) -> dict[str, str]:
+    """Start the named services (collector, worker, sink) unless running. Returns what was done."""
     cmds = {
-        "collector": [*_trackflow(), "collector", "--host", "127.0.0.1", "--port", str(COLLECTOR_PORT)],
+        "collector": [*_trackflow(), "collector", "--host", "127.0.0.1", "--port",
+                      env["TRACKFLOW_COLLECTOR_PORT"]],
         "worker": [*_trackflow(), "worker"],
         "sink": [*_trackflow(), "sink"],
     }
     done = {}
-    for name in SERVICES:
+    for name in names:
         if local_stack.read_pid(paths.pidfile(name)) is not None:
             done[name] = "already running"
             continue
@@ -98,9 +100,10 @@ def start_services(core: CoreSettings, paths: local_stack.StackPaths) -> dict[st
     return done
 
 
-def stop_services(paths: local_stack.StackPaths) -> dict[str, str]:
+def stop_services(paths: local_stack.StackPaths, names: tuple[str, ...] = SERVICES) -> dict[str, str]:
+    """Stop the named services by pid (SIGTERM, then SIGKILL after 30 s)."""
     return {name: ("stopped" if local_stack.stop_process(paths.pidfile(name), grace=30) else "was not running")
-            for name in SERVICES}
+            for name in names}
 
 
 def _http_ok(url: str, **kw: Any) -> bool:
@@ -110,10 +113,13 @@ def _http_ok(url: str, **kw: Any) -> bool:
         return False
 
 
-def wait_healthy(paths: local_stack.StackPaths, key: str) -> None:
+def wait_healthy(paths: local_stack.StackPaths, env: dict[str, str]) -> None:
+    """Wait until the collector is ready (Kafka reachable) and the sink's read API answers."""
+    key = env["TRACKFLOW_READ_KEY"]
+    cport, rport = env["TRACKFLOW_COLLECTOR_PORT"], env["TRACKFLOW_READ_API_PORT"]
     checks: dict[str, Callable[[], bool]] = {
-        "collector": lambda: _http_ok(f"http://127.0.0.1:{COLLECTOR_PORT}/readyz"),
-        "sink": lambda: _http_ok(f"http://127.0.0.1:{READ_API_PORT}/api/apps", headers={"X-Read-Key": key}),
+        "collector": lambda: _http_ok(f"http://127.0.0.1:{cport}/readyz"),
+        "sink": lambda: _http_ok(f"http://127.0.0.1:{rport}/api/apps", headers={"X-Read-Key": key}),
     }
     for name, check in checks.items():
         def alive_and(check: Callable[[], bool] = check, name: str = name) -> bool:
@@ -174,7 +180,7 @@ def ensure_demo_apps(core: CoreSettings, keys_file: Path) -> dict[str, dict[str,
     return keys
 
 
-def _run(args: list[str], env: dict[str, str]) -> str:
+def run_cli(args: list[str], env: dict[str, str]) -> str:
     import subprocess
 
     res = subprocess.run([*_trackflow(), *args], capture_output=True, text=True, env=env, cwd=REPO)
@@ -188,6 +194,15 @@ class ReadApi:
 
     def __init__(self, key: str, base: str = f"http://127.0.0.1:{READ_API_PORT}") -> None:
         self.client = httpx.Client(base_url=base, headers={"X-Read-Key": key}, timeout=60.0)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ReadApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         r = self.client.post("/api/sql", json={"sql": query})
@@ -320,25 +335,25 @@ def demo(ctx: click.Context, users: int, days: int, seed: int, keep_data: bool) 
         stop_services(paths)
         reset_data(core)
     _say("FX rates fixture -> rates topic")
-    click.echo("    " + _run(["fx", "load", str(FX_FIXTURE)], env).strip().replace("\n", "\n    "), err=True)
+    click.echo("    " + run_cli(["fx", "load", str(FX_FIXTURE)], env).strip().replace("\n", "\n    "), err=True)
     _say("start collector, worker, sink")
-    for name, what in start_services(core, paths).items():
+    for name, what in start_services(paths, env).items():
         click.echo(f"    {name:<11} {what}", err=True)
     key = env["TRACKFLOW_READ_KEY"]
-    wait_healthy(paths, key)
+    wait_healthy(paths, env)
     _say(f"simulate {users} users x {days} days (seed {seed})")
     keys_file = demo_dir(core) / "keys.json"
     out = demo_dir(core) / "simulate.json"
     keys = ensure_demo_apps(core, keys_file)
-    click.echo(_run(["simulate", "--collector", f"http://127.0.0.1:{COLLECTOR_PORT}", "--users", str(users),
+    click.echo(run_cli(["simulate", "--collector", f"http://127.0.0.1:{COLLECTOR_PORT}", "--users", str(users),
                      "--days", str(days), "--seed", str(seed), "--keys-file", str(keys_file),
                      "--out", str(out)], env))
     sim = orjson.loads(out.read_bytes())
     _say("wait until every accepted event is visible in ClickHouse")
-    api = ReadApi(key)
     exp = sim["expected"]
-    waited = wait_visible(api, exp["expected_stored"], sum(exp["invalid"].values()), paths)
-    print_report(api, sim, keys, waited)
+    with ReadApi(key) as api:
+        waited = wait_visible(api, exp["expected_stored"], sum(exp["invalid"].values()), paths)
+        print_report(api, sim, keys, waited)
     game_steps = ",".join(f["step"] for f in exp["apps"].get("game", {}).get("funnel", []))
     url = (f"http://127.0.0.1:{READ_API_PORT}/?key={key}&app=game&from={exp['start']}&to={exp['end']}"
            f"&steps={game_steps}")
