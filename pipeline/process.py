@@ -248,6 +248,8 @@ class Processor:
         loaded = self.state.get_device(dkey)
         state: dict[str, Any] = loaded if loaded is not None else {}
         replay = pos != NO_POSITION and state.get("p") == pos[0] and int(state.get("o", -1)) >= pos[1]
+        if replay:  # recompute the outputs on a copy; the stored state already reflects this event
+            state = orjson.loads(orjson.dumps(state))
 
         # dedupe: message id, then content
         mkey = dedupe.message_key(app_id, raw["message_id"])

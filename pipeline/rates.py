@@ -84,7 +84,7 @@ class OxrProvider:
 
 def ensure_fx_topic(kafka: KafkaSettings) -> str:
     """Create the compacted FX topic if it does not exist; return its name."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     topic = kafka.topics.fx
     admin = AdminClient(kafka.client_config())

@@ -27,7 +27,6 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,26 +47,127 @@ def app_id_for(prefix: str) -> str:
     return f"{prefix}pipeline"
 
 
-class TableState:
-    """:class:`pipeline.process.StateStore` over two Faust tables holding orjson bytes."""
+class Outputs:
+    """A librdkafka producer for everything the agent writes (outputs and changelog records).
 
-    def __init__(self, devices: Any, seen: Any) -> None:
+    Faust's own producer sends message by message through a small buffer, which limited the
+    worker to a few hundred events/s here; librdkafka batches in C. :meth:`flush` runs before
+    every offset commit (see :func:`build_app`), which keeps the at-least-once guarantee.
+
+    Parameters:
+        kafka: connection settings.
+    """
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(
+            kafka.client_config()
+            | {
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 10,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
+        self.errors: list[str] = []
+        self.sent = 0
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+        p = self._producer
+        while True:
+            try:
+                if partition is None:
+                    p.produce(topic, value, key, on_delivery=self._on_delivery)
+                else:
+                    p.produce(topic, value, key, partition, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+        self.sent += 1
+        if self.sent % 2000 == 0:
+            p.poll(0)
+
+    async def flush(self) -> None:
+        """Wait until everything sent so far is acknowledged; raise if anything failed."""
+        remaining = await asyncio.to_thread(self._producer.flush, 120)
+        if remaining or self.errors:
+            errors, self.errors = self.errors[:3], []
+            raise PipelineError(f"{remaining} records undelivered; delivery errors: {errors}")
+
+
+class TableState:
+    """:class:`pipeline.process.StateStore` over two Faust tables, with a write-back cache.
+
+    Reads go to the cache, then to the table's RocksDB database of the event's partition.
+    Writes stay in the cache until :meth:`flush` (run before each offset commit) puts them into
+    RocksDB and sends them to the tables' compacted changelogs with the same partition, so the
+    state Faust recovers after a crash is at least as new as the committed offsets.
+    Set :attr:`partition` to the current event's partition before using it.
+
+    Parameters:
+        devices / seen: the Faust tables (``rocksdb://`` store, raw bytes).
+        outputs: the producer for the changelog records.
+    """
+
+    def __init__(self, devices: Any, seen: Any, outputs: Outputs) -> None:
         self.devices = devices
         self.seen = seen
+        self.outputs = outputs
+        self.partition = 0
+        self._dev: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._seen: dict[str, tuple[int, list[Any] | None]] = {}
+
+    @staticmethod
+    def _read(table: Any, partition: int, key: str) -> bytes | None:
+        return table.data._db_for_partition(partition).get(key.encode())  # type: ignore[no-any-return]
 
     def get_device(self, key: str) -> dict[str, Any] | None:
-        v = self.devices.get(key.encode())
+        hit = self._dev.get(key)
+        if hit is not None:
+            return hit[1]
+        v = self._read(self.devices, self.partition, key)
         return orjson.loads(v) if v is not None else None  # type: ignore[no-any-return]
 
     def put_device(self, key: str, value: dict[str, Any]) -> None:
-        self.devices[key.encode()] = orjson.dumps(value)
+        self._dev[key] = (self.partition, value)
 
     def get_seen(self, key: str) -> list[Any] | None:
-        v = self.seen.get(key.encode())
+        hit = self._seen.get(key)
+        if hit is not None:
+            return hit[1]
+        v = self._read(self.seen, self.partition, key)
         return orjson.loads(v) if v is not None else None  # type: ignore[no-any-return]
 
     def put_seen(self, key: str, value: list[Any]) -> None:
-        self.seen[key.encode()] = orjson.dumps(value)
+        self._seen[key] = (self.partition, value)
+
+    def delete_seen(self, key: str) -> None:
+        self._seen[key] = (self.partition, None)
+
+    def flush(self) -> int:
+        """Write cached entries to RocksDB and the changelogs; returns how many."""
+        n = 0
+        for table, cache in ((self.devices, self._dev), (self.seen, self._seen)):
+            topic = table.changelog_topic.get_topic_name()
+            for key, (partition, value) in cache.items():
+                k = key.encode()
+                db = table.data._db_for_partition(partition)
+                if value is None:
+                    db.delete(k)
+                    self.outputs.send(topic, k, None, partition)
+                else:
+                    v = orjson.dumps(value)
+                    db.put(k, v)
+                    self.outputs.send(topic, k, v, partition)
+                n += 1
+            cache.clear()
+        return n
 
 
 class FxFeed:
@@ -136,7 +236,8 @@ class FxFeed:
                     except Exception:
                         log.exception("skipping bad FX record at offset %s", msg.offset())
                 p = msg.partition()
-                if p in pending and msg.offset() + 1 >= ends[p]:
+                off = msg.offset() or 0
+                if p in pending and off + 1 >= ends[p]:
                     pending.discard(p)
                     if not pending:
                         log.info("FX topic %s read to its end", self.topic)
@@ -148,7 +249,7 @@ class FxFeed:
 
 def ensure_topics(kafka: KafkaSettings, topics: Topics) -> int:
     """Create missing pipeline topics (FX compacted); return the raw topic's partition count."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(kafka.client_config())
     md = admin.list_topics(timeout=10)
@@ -255,15 +356,13 @@ def build_app(
         table_standby_replicas=0,
     )
     raw_topic = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
-    enriched_topic = app.topic(topics.enriched, key_serializer="raw", value_serializer="raw")
-    invalid_topic = app.topic(topics.invalid, key_serializer="raw", value_serializer="raw")
-    sessions_topic = app.topic(topics.sessions, key_serializer="raw", value_serializer="raw")
     devices = app.Table("devices", partitions=partitions, key_type=bytes, value_type=bytes)
     seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
 
     registry = open_registry()
     rates = RateTable()
-    state = TableState(devices, seen)
+    outputs = Outputs(kafka)
+    state = TableState(devices, seen, outputs)
     proc = Processor(settings, registry.get, rates, state)
     raw_codec = codec_from_settings("raw_event")
     enriched_codec = codec_from_settings("enriched_event")
@@ -275,29 +374,38 @@ def build_app(
     positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
     sweep: dict[int, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
     scan = {"due": 0.0}
-    app.pipeline = {"processor": proc, "rates": rates, "open_sessions": open_sessions}  # for inspection
 
     def emit(res: Result) -> None:
+        send = outputs.send
         for k, rec in res.enriched:
-            enriched_topic.send_soon(key=k.encode(), value=enriched_codec.encode(rec, topics.enriched))
+            send(topics.enriched, k.encode(), enriched_codec.encode(rec, topics.enriched))
         for k, rec in res.invalid:
-            invalid_topic.send_soon(key=k.encode(), value=invalid_codec.encode(rec, topics.invalid))
+            send(topics.invalid, k.encode(), invalid_codec.encode(rec, topics.invalid))
         for k, rec in res.sessions:
-            sessions_topic.send_soon(key=k.encode(), value=session_codec.encode(rec, topics.sessions))
+            send(topics.sessions, k.encode(), session_codec.encode(rec, topics.sessions))
 
-    @app.task
+    faust_flush = app.producer.flush
+
+    async def flush_before_commit() -> None:
+        state.flush()
+        await outputs.flush()
+        await faust_flush()
+
+    app.producer.flush = flush_before_commit  # type: ignore[method-assign]  # Faust flushes it before commits
+
+    @app.task  # type: ignore[untyped-decorator]
     async def start_fx() -> None:
         fx.start()
 
     @app.agent(raw_topic, concurrency=1)
-    async def pipeline_agent(stream: Any) -> AsyncIterator[None]:
+    async def pipeline_agent(stream: Any) -> None:
         if not fx.ready.is_set():
             await asyncio.to_thread(fx.ready.wait, settings.fx_wait_s)
         async for event in stream.events():
             if fx.queue:
                 fx.drain(rates)
             msg = event.message
-            partition = msg.partition
+            partition = state.partition = msg.partition
             now = int(time.time() * 1000)
             res = proc.process_bytes(
                 raw_codec, event.value, pos=(partition, msg.offset), topic=msg.topic, now=now
@@ -314,10 +422,9 @@ def build_app(
             if res.seen_key is not None and res.seen_expires is not None:
                 dq.append((res.seen_expires, res.seen_key.encode()))
             if dq and res.clock and dq[0][0] <= res.clock:
-                _sweep(dq, seen, res.clock)
-            yield None
+                _sweep(dq, state, res.clock)
 
-    @app.timer(interval=settings.session_timer_interval_s)
+    @app.timer(interval=settings.session_timer_interval_s)  # type: ignore[untyped-decorator]
     async def close_idle_sessions() -> None:
         now = int(time.time() * 1000)
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.raw}
@@ -328,29 +435,31 @@ def build_app(
             if part not in actives:
                 open_sessions.pop(dkey, None)
                 continue
+            state.partition = part
             closed = proc.close_idle(dkey, now)
             if closed is not None:
                 k, rec = closed
-                sessions_topic.send_soon(key=k.encode(), value=session_codec.encode(rec, topics.sessions))
+                outputs.send(topics.sessions, k.encode(), session_codec.encode(rec, topics.sessions))
                 timer_closed[dkey] = rec["session_id"]
                 open_sessions.pop(dkey, None)
 
-    @app.timer(interval=30.0)
+    @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report_counters() -> None:
         log.info("pipeline counters: %s positions: %s", dict(proc.counters), dict(sorted(positions.items())))
 
     return app
 
 
-def _sweep(dq: collections.deque[tuple[int, bytes]], seen: Any, now: int) -> None:
-    """Delete expired message-id entries (in the stream context of their partition)."""
+def _sweep(dq: collections.deque[tuple[int, bytes]], state: TableState, now: int) -> None:
+    """Delete expired message-id entries of the current partition (state expires with the window)."""
     n = 0
     while dq and dq[0][0] <= now and n < 100:
         _, key = dq.popleft()
         n += 1
-        v = seen.get(key)
-        if v is not None and orjson.loads(v)[0] <= now:
-            del seen[key]
+        k = key.decode()
+        v = state.get_seen(k)
+        if v is not None and v[0] <= now:
+            state.delete_seen(k)
 
 
 def _rebuild_index(

@@ -1,0 +1,54 @@
+"""A bare Faust pass-through agent: the framework's limit on this broker, for the benchmark.
+
+Same Faust settings and the same librdkafka output path as ``trackflow worker``, but the agent
+only forwards each raw record to ``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from pipeline.worker import Outputs, init_offsets
+from trackflow.config import KafkaSettings
+
+
+def main() -> None:
+    kafka = KafkaSettings()
+    topics = kafka.topics
+    app_id = f"{kafka.topic_prefix}passthrough"
+    init_offsets(kafka, app_id, topics.raw)
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{h}" for h in kafka.kafka_bootstrap.split(",")],
+        processing_guarantee="at_least_once",
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=8192,
+    )
+    out = Outputs(kafka)
+    target = f"{kafka.topic_prefix}bench.passthrough"
+    faust_flush = app.producer.flush
+
+    async def flush() -> None:
+        await out.flush()
+        await faust_flush()
+
+    app.producer.flush = flush
+    raw = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(raw, concurrency=1)
+    async def passthrough(stream: Any) -> None:
+        async for event in stream.events():
+            out.send(target, event.key or b"", event.value)
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Pipeline benchmark: events/s through one worker, a bare Faust pass-through, and two workers.
+
+Traffic: pipeline.traffic.generate (about 70% track, 15% screen, 10% heartbeat, 5% identify,
+revenue on 3%, duplicates on 2%, invalid on 1%), pre-filled into a fresh raw topic. Each run is
+measured from the group's committed offsets: rate = events committed after the first commit /
+time from that first commit to the last. Also prints the pure per-event cost of the stages.
+
+Run: ``.venv/bin/python bench/pipeline/run.py [--events 60000]`` (needs Kafka; ~2 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
+
+
+def committed(kafka, group: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(kafka.client_config() | {"group.id": group})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        )
+    finally:
+        c.close()
+
+
+def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], object]:
+    """A fresh prefix with the raw topic pre-filled; returns (env, KafkaSettings)."""
+    from pipeline.rates import load_path, publish
+    from pipeline.traffic import generate, produce
+    from pipeline.worker import ensure_topics
+    from trackflow.apps import AppRegistry
+    from trackflow.config import KafkaSettings
+
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    env = dict(
+        os.environ,
+        TRACKFLOW_TOPIC_PREFIX=prefix,
+        TRACKFLOW_HOME=str(home / prefix),
+        TRACKFLOW_APPS_FILE=str(home / "apps.json"),
+        PYTHONUNBUFFERED="1",
+    )
+    if not (home / "apps.json").exists():
+        AppRegistry(home / "apps.json").add("Bench", app_id="bench", currency="GBP")
+    kafka = KafkaSettings(topic_prefix=prefix)
+    ensure_topics(kafka, kafka.topics)
+    publish(load_path(REPO / "tests" / "fixtures" / "fx" / "rates.csv"), "ecb", kafka)
+    t = time.perf_counter()
+    produce(
+        generate(n, "bench", devices=devices, seed=11, start_ms=1_790_000_000_000, step_ms=2),
+        kafka.topics.raw,
+        kafka,
+    )
+    print(f"  pre-filled {n} raw events in {time.perf_counter() - t:.1f} s ({prefix})")
+    return env, kafka
+
+
+def measure(
+    cmds: list[list[str]], env: dict[str, str], kafka, group: str, n: int, log: Path, timeout: float = 150.0
+) -> float:
+    procs = [subprocess.Popen(c, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT) for c in cmds]
+    try:
+        first_t = first_n = None
+        last = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = committed(kafka, group, kafka.topics.raw)
+            now = time.monotonic()
+            if done > 0 and first_t is None:
+                first_t, first_n = now, done
+            if done != last:
+                last, last_t = done, now
+            if done >= n:
+                break
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a process exited; see {log}")
+            time.sleep(0.25)
+        if first_t is None or last <= first_n or last < n:
+            raise RuntimeError(f"only {last}/{n} committed; see {log}")
+        return (last - first_n) / (last_t - first_t)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def pure_cost(n: int = 20000) -> float:
+    """Microseconds per event of decode + stages + encode, in-process on in-memory state."""
+    import time as _t
+
+    from pipeline.fx import RateTable
+    from pipeline.process import DictState, Processor
+    from pipeline.settings import PipelineSettings
+    from pipeline.traffic import generate
+    from schemas import codec
+    from trackflow.apps import App
+
+    app = App(app_id="bench", name="b", write_key_hash="x", reporting_currency="GBP")
+    proc = Processor(PipelineSettings(), {"bench": app}.get, RateTable(), DictState())
+    rc, ec = codec("raw_event"), codec("enriched_event")
+    data = [
+        rc.encode(r, "t") for _, r in generate(n, "bench", devices=2000, seed=5, start_ms=1_790_000_000_000)
+    ]
+    t = _t.perf_counter()
+    for i, b in enumerate(data):
+        res = proc.process_bytes(rc, b, pos=(0, i), topic="t", now=1_790_000_100_000)
+        for _, rec in res.enriched:
+            ec.encode(rec, "t")
+    return (_t.perf_counter() - t) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=60000)
+    ap.add_argument("--devices", type=int, default=5000)
+    args = ap.parse_args()
+    from pipeline.worker import app_id_for
+
+    n = args.events
+    with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
+        home = Path(tmp)
+        log = Path(tempfile.gettempdir()) / "tf-bench-pipeline.log"
+        log.unlink(missing_ok=True)
+        print(f"pure stages (decode + process + encode): {pure_cost():.1f} us/event")
+        print("pass-through (bare Faust agent, librdkafka output):")
+        env, kafka = setup(n, args.devices, home)
+        base = measure(
+            [[sys.executable, str(Path(__file__).with_name("passthrough.py"))]],
+            env,
+            kafka,
+            f"{kafka.topic_prefix}passthrough",
+            n,
+            log,
+        )
+        print(f"  {base:,.0f} events/s")
+        print("one worker (same topic, own group):")
+        one = measure(
+            [[TRACKFLOW, "worker", "--name", "b1", "--loglevel", "warning"]],
+            env,
+            kafka,
+            app_id_for(kafka.topic_prefix),
+            n,
+            log,
+        )
+        print(f"  {one:,.0f} events/s  = {one / base:.0%} of pass-through")
+        print("two workers (fresh topic and state):")
+        env2, kafka2 = setup(n, args.devices, home)
+        two = measure(
+            [[TRACKFLOW, "worker", "--name", f"b{i}", "--loglevel", "warning"] for i in (1, 2)],
+            env2,
+            kafka2,
+            app_id_for(kafka2.topic_prefix),
+            n,
+            log,
+        )
+        print(f"  {two:,.0f} events/s  = {two / one:.2f}x one worker")
+        print(
+            f"\nsummary: worker {one:,.0f}/s, pass-through {base:,.0f}/s, ratio {one / base:.0%}, "
+            f"2 workers {two:,.0f}/s ({two / one:.2f}x); {os.cpu_count()} cores shared"
+        )
+        for pfx in (kafka.topic_prefix, kafka2.topic_prefix):
+            _cleanup(kafka, pfx)
+
+
+def _cleanup(kafka, prefix: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka.client_config())
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if names:
+        for f in admin.delete_topics(names).values():
+            try:
+                f.result()
+            except Exception:
+                pass
+
+
+if __name__ == "__main__":
+    main()
