@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from pipeline import dedupe, enrich, identity, sessions
+from pipeline import dedupe, enrich, identity, privacy, sessions
 from pipeline.exceptions import RejectedEvent
 from pipeline.fx import RateTable, convert_revenue
+from pipeline.privacy import Privacy
 from pipeline.reasons import DUPLICATE_REASONS, Reason
 from pipeline.settings import PipelineSettings
 from pipeline.validate import validate
@@ -90,6 +91,8 @@ class Result:
 
 
 _ENRICHED_DEFAULTS: Record = defaults("enriched_event")
+_NO_PRIVACY = Privacy()
+_SUPPRESSED_MSG = "the user was deleted (trackflow gdpr delete): event dropped, payload withheld"
 
 
 class Processor:
@@ -100,6 +103,8 @@ class Processor:
         apps: looks an app up by id (``AppRegistry.get``); None means unknown.
         rates: the FX rate table, kept current by the worker.
         state: where device and message-id state lives.
+        privacy: the user-id salt and the GDPR suppression lookup (:mod:`pipeline.privacy`);
+            None: no salt, nothing suppressed.
     """
 
     def __init__(
@@ -108,11 +113,13 @@ class Processor:
         apps: Callable[[str], App | None],
         rates: RateTable,
         state: StateStore,
+        privacy: Privacy | None = None,
     ) -> None:
         self.settings = settings
         self.apps = apps
         self.rates = rates
         self.state = state
+        self.privacy = privacy or _NO_PRIVACY
         self.counters: Counter[str] = Counter()
         self._mid_window = int(settings.message_id_window_s * 1000)
         self._content_window = int(settings.content_window_s * 1000)
@@ -201,6 +208,15 @@ class Processor:
                     now=now,
                 )
                 return Result(Reason.UNKNOWN_APP.value, invalid=[dl])
+            stage = "privacy"
+            try:
+                raw = privacy.apply(raw, app, self.privacy.salt)
+            except privacy.PrivacyError as exc:
+                return self._withheld(raw, Reason.INTERNAL_ERROR, str(exc), stage, pos, topic, now)
+            uid = raw.get("user_id")
+            if uid and self.privacy.suppressed(app.app_id, uid):
+                return self._withheld(raw, Reason.SUPPRESSED, _SUPPRESSED_MSG, stage, pos, topic, now)
+            stage = "validate"
             try:
                 ev = validate(raw, self.settings)
             except RejectedEvent as rej:
@@ -220,6 +236,15 @@ class Processor:
                 now=now,
             )
             return Result(Reason.INTERNAL_ERROR.value, invalid=[dl])
+
+    def _withheld(
+        self, raw: Record, reason: Reason, message: str, stage: str, pos: Position, topic: str | None, now: int
+    ) -> Result:
+        """A dead letter whose payload keeps no user data (suppressed user, unusable privacy options)."""
+        dl = self.dead_letter(
+            privacy.redacted(raw), reason, message, stage=stage, pos=pos, topic=topic, now=now
+        )
+        return Result(reason.value, invalid=[dl])
 
     def _duplicate(self, raw: Record, reason: Reason, pos: Position, topic: str | None, now: int) -> Result:
         res = Result(reason.value)
@@ -266,6 +291,9 @@ class Processor:
                 return self._duplicate(raw, reason, pos, topic, now)
 
         ident = identity.resolve(state, raw, s.anonymize_event_names)
+        if ident.user_id and self.privacy.suppressed(app_id, ident.user_id):
+            # the device belongs to a deleted user: drop the event, keep the state as it was
+            return self._withheld(raw, Reason.SUPPRESSED, _SUPPRESSED_MSG, "identity", pos, topic, now)
         ms, cp = enrich.attribution(ev.properties, ev.context)
         if ms and not state.get("ms"):
             state["ms"] = ms

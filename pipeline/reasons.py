@@ -66,6 +66,9 @@ class Reason(StrEnum):
     DUPLICATE_CONTENT = "duplicate_content"
     """An identical event (app, device, name, canonical properties) within 10 s. Dropped, counted."""
 
+    SUPPRESSED = "suppressed"
+    """The user was deleted (``trackflow gdpr delete``); the payload keeps no user data."""
+
     INTERNAL_ERROR = "internal_error"
     """A stage raised an unexpected exception; the event is dead-lettered rather than lost."""
 

@@ -363,7 +363,9 @@ def build_app(
     rates = RateTable()
     outputs = Outputs(kafka)
     state = TableState(devices, seen, outputs)
-    proc = Processor(settings, registry.get, rates, state)
+    from trackflow.gdpr import privacy_from_env
+
+    proc = Processor(settings, registry.get, rates, state, privacy_from_env())
     raw_codec = codec_from_settings("raw_event")
     enriched_codec = codec_from_settings("enriched_event")
     invalid_codec = codec_from_settings("invalid_event")

@@ -11,6 +11,8 @@ by ``trackflow dashboard`` in server mode. Endpoints (the dashboard builds again
   ``{"metric", "app", "from", "to", "by", "rows": [...]}``; 400 naming the bad parameter.
 - ``POST /api/sql`` ``{"sql": "SELECT ..."}`` -> ``{"columns": [...], "rows": [{...}], "truncated": bool}``;
   exactly one statement, run with ``readonly=1``; admin key only (an app key would see other apps).
+- ``POST /api/gdpr/delete`` ``{"app": A, "user_ids": [stored ids]}`` -> :func:`trackflow.gdpr.delete_user`'s
+  counts; admin key only (``trackflow gdpr delete`` calls it in embedded mode).
 - ``GET /api/live?app=A`` -> :func:`sinks.redis.live_tiles`; ``GET /api/live/stream?app=A``: the same
   dict as server-sent events (``data: {json}``) every ``live_stream_interval_s`` (2 s).
 - ``GET /`` and ``/static/...``: the dashboard, from ``sinks/dashboard/static/`` when it exists.
@@ -225,6 +227,37 @@ class ReadApi:
         except Exception as exc:
             return _error(400, f"query failed: {exc}", "sql")
 
+    async def gdpr_delete(self, request: Request) -> Response:
+        from trackflow.gdpr import GdprError, delete_user
+
+        who = self.principal(request)
+        if who is None:
+            return _error(401, "a valid read key is required")
+        if not who[0]:
+            return _error(403, "deleting users needs the admin read key (TRACKFLOW_READ_KEY)")
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _error(400, 'body must be JSON: {"app": ..., "user_ids": [...]}')
+        app_id = body.get("app") if isinstance(body, dict) else None
+        ids = body.get("user_ids") if isinstance(body, dict) else None
+        if not isinstance(app_id, str) or self.registry.get(app_id) is None:
+            return _error(400, f"unknown app {app_id!r}", "app")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+            return _error(400, "user_ids must be a non-empty list of strings", "user_ids")
+
+        def work() -> dict[str, Any]:
+            return delete_user(self.clients.get(), app_id, ids, cluster=self.clients.ch.clickhouse_cluster,
+                               redis=self.redis, redis_prefix=self.redis_prefix)
+
+        try:
+            return ORJSONResponse(await asyncio.to_thread(work))
+        except GdprError as exc:
+            return _error(400, str(exc), "user_ids")
+        except Exception as exc:
+            log.exception("gdpr delete failed for app %s", app_id)
+            return _error(500, f"delete failed: {type(exc).__name__}")
+
     def _tiles(self, app_id: str) -> dict[str, Any]:
         return live_tiles(self.redis, self.redis_prefix, app_id, time.time(), self.online_window_s)
 
@@ -279,6 +312,7 @@ class ReadApi:
             Route("/api/metrics", self.metric_list),
             Route("/api/metrics/{name}", self.metric),
             Route("/api/sql", self.sql, methods=["POST"]),
+            Route("/api/gdpr/delete", self.gdpr_delete, methods=["POST"]),
             Route("/api/live", self.live),
             Route("/api/live/stream", self.live_stream),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),

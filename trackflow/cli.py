@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "trackflow.simulate_cli",
     "trackflow.replay",
     "sinks.cli",
+    "trackflow.gdpr",
 ]
 
 
