@@ -67,9 +67,16 @@ def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], object]:
     return env, kafka
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), including its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     cmds: list[list[str]], env: dict[str, str], kafka, group: str, n: int, log: Path, timeout: float = 150.0
-) -> float:
+) -> tuple[float, float]:
+    """Returns (events/s wall clock, CPU microseconds per event summed over the processes)."""
     procs = [subprocess.Popen(c, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT) for c in cmds]
     try:
         first_t = first_n = None
@@ -80,8 +87,10 @@ def measure(
             now = time.monotonic()
             if done > 0 and first_t is None:
                 first_t, first_n = now, done
+                first_cpu = sum(cpu_seconds(p.pid) for p in procs)
             if done != last:
                 last, last_t = done, now
+                last_cpu = sum(cpu_seconds(p.pid) for p in procs)
             if done >= n:
                 break
             if any(p.poll() is not None for p in procs):
@@ -89,7 +98,7 @@ def measure(
             time.sleep(0.25)
         if first_t is None or last <= first_n or last < n:
             raise RuntimeError(f"only {last}/{n} committed; see {log}")
-        return (last - first_n) / (last_t - first_t)
+        return (last - first_n) / (last_t - first_t), (last_cpu - first_cpu) / (last - first_n) * 1e6
     finally:
         for p in procs:
             p.kill()
@@ -113,12 +122,12 @@ def pure_cost(n: int = 20000) -> float:
     data = [
         rc.encode(r, "t") for _, r in generate(n, "bench", devices=2000, seed=5, start_ms=1_790_000_000_000)
     ]
-    t = _t.perf_counter()
+    t, c = _t.perf_counter(), _t.process_time()
     for i, b in enumerate(data):
         res = proc.process_bytes(rc, b, pos=(0, i), topic="t", now=1_790_000_100_000)
         for _, rec in res.enriched:
             ec.encode(rec, "t")
-    return (_t.perf_counter() - t) / n * 1e6
+    return (_t.perf_counter() - t) / n * 1e6, (_t.process_time() - c) / n * 1e6
 
 
 def main() -> None:
@@ -133,10 +142,12 @@ def main() -> None:
         home = Path(tmp)
         log = Path(tempfile.gettempdir()) / "tf-bench-pipeline.log"
         log.unlink(missing_ok=True)
-        print(f"pure stages (decode + process + encode): {pure_cost():.1f} us/event")
+        wall, cpu = pure_cost()
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"pure stages (decode + process + encode): {wall:.1f} us/event wall, {cpu:.1f} us/event CPU")
         print("pass-through (bare Faust agent, librdkafka output):")
         env, kafka = setup(n, args.devices, home)
-        base = measure(
+        base, base_cpu = measure(
             [[sys.executable, str(Path(__file__).with_name("passthrough.py"))]],
             env,
             kafka,
@@ -144,9 +155,11 @@ def main() -> None:
             n,
             log,
         )
-        print(f"  {base:,.0f} events/s")
+        print(
+            f"  {base:,.0f} events/s wall; {base_cpu:.0f} us CPU/event -> {1e6 / base_cpu:,.0f} events/s per busy core"
+        )
         print("one worker (same topic, own group):")
-        one = measure(
+        one, one_cpu = measure(
             [[TRACKFLOW, "worker", "--name", "b1", "--loglevel", "warning"]],
             env,
             kafka,
@@ -154,10 +167,13 @@ def main() -> None:
             n,
             log,
         )
-        print(f"  {one:,.0f} events/s  = {one / base:.0%} of pass-through")
+        print(
+            f"  {one:,.0f} events/s wall = {one / base:.0%} of pass-through; {one_cpu:.0f} us CPU/event -> "
+            f"{1e6 / one_cpu:,.0f} events/s per busy core = {base_cpu / one_cpu:.0%} of pass-through"
+        )
         print("two workers (fresh topic and state):")
         env2, kafka2 = setup(n, args.devices, home)
-        two = measure(
+        two, two_cpu = measure(
             [[TRACKFLOW, "worker", "--name", f"b{i}", "--loglevel", "warning"] for i in (1, 2)],
             env2,
             kafka2,
@@ -165,10 +181,11 @@ def main() -> None:
             n,
             log,
         )
-        print(f"  {two:,.0f} events/s  = {two / one:.2f}x one worker")
+        print(f"  {two:,.0f} events/s wall = {two / one:.2f}x one worker; {two_cpu:.0f} us CPU/event (both)")
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
         print(
-            f"\nsummary: worker {one:,.0f}/s, pass-through {base:,.0f}/s, ratio {one / base:.0%}, "
-            f"2 workers {two:,.0f}/s ({two / one:.2f}x); {os.cpu_count()} cores shared"
+            f"\nsummary: worker {one:,.0f}/s, pass-through {base:,.0f}/s, ratio {one / base:.0%} wall / "
+            f"{base_cpu / one_cpu:.0%} CPU; 2 workers {two:,.0f}/s ({two / one:.2f}x)"
         )
         for pfx in (kafka.topic_prefix, kafka2.topic_prefix):
             _cleanup(kafka, pfx)
