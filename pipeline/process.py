@@ -85,6 +85,7 @@ class Result:
     sessions: list[Keyed] = field(default_factory=list)
     device_key: str | None = None
     session_open: bool = False
+    session_deadline: int = 0  # wall-clock ms after which the open session counts as idle
     seen_key: str | None = None
     seen_expires: int | None = None
     clock: int = 0  # received_at of the event: the clock of the message-id window
@@ -238,7 +239,14 @@ class Processor:
             return Result(Reason.INTERNAL_ERROR.value, invalid=[dl])
 
     def _withheld(
-        self, raw: Record, reason: Reason, message: str, stage: str, pos: Position, topic: str | None, now: int
+        self,
+        raw: Record,
+        reason: Reason,
+        message: str,
+        stage: str,
+        pos: Position,
+        topic: str | None,
+        now: int,
     ) -> Result:
         """A dead letter whose payload keeps no user data (suppressed user, unusable privacy options)."""
         dl = self.dead_letter(
@@ -368,6 +376,8 @@ class Processor:
             enriched=[(dkey, rec)],
             device_key=dkey,
             session_open=not sess.get("x"),
+            session_deadline=now
+            + sessions.timeout_ms(sess, app.session_timeout_s, app.client_session_idle_s),
             clock=int(raw["received_at"]),
         )
         for srec in session_records:

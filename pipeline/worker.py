@@ -69,6 +69,7 @@ class Outputs:
                 "linger.ms": 10,
                 "batch.num.messages": 10_000,
                 "queue.buffering.max.messages": 1_000_000,
+                "delivery.report.only.error": True,
             }
         )
         self.errors: list[str] = []
@@ -371,7 +372,7 @@ def build_app(
     invalid_codec = codec_from_settings("invalid_event")
     session_codec = codec_from_settings("session")
     fx = FxFeed(kafka, topics.fx, codec_from_settings("fx_rates"))
-    open_sessions: dict[str, int] = {}  # device key -> partition
+    open_sessions: dict[str, tuple[int, int]] = {}  # device key -> (partition, idle deadline ms)
     timer_closed: dict[str, str] = {}  # device key -> session id the timer already closed
     positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
     sweep: dict[int, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
@@ -417,7 +418,7 @@ def build_app(
             if res.device_key is not None:
                 timer_closed.pop(res.device_key, None)
                 if res.session_open:
-                    open_sessions[res.device_key] = partition
+                    open_sessions[res.device_key] = (partition, res.session_deadline)
                 else:
                     open_sessions.pop(res.device_key, None)
             dq = sweep[partition]
@@ -433,7 +434,9 @@ def build_app(
         if time.monotonic() >= scan["due"]:
             scan["due"] = time.monotonic() + 60.0
             _rebuild_index(devices, open_sessions, actives, timer_closed)
-        for dkey, part in list(open_sessions.items()):
+        for dkey, (part, deadline) in list(open_sessions.items()):
+            if deadline >= now:
+                continue
             if part not in actives:
                 open_sessions.pop(dkey, None)
                 continue
@@ -443,7 +446,7 @@ def build_app(
                 k, rec = closed
                 outputs.send(topics.sessions, k.encode(), session_codec.encode(rec, topics.sessions))
                 timer_closed[dkey] = rec["session_id"]
-                open_sessions.pop(dkey, None)
+            open_sessions.pop(dkey, None)  # closed now, or already closed: the next event re-adds it
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report_counters() -> None:
@@ -465,7 +468,7 @@ def _sweep(dq: collections.deque[tuple[int, bytes]], state: TableState, now: int
 
 
 def _rebuild_index(
-    devices: Any, open_sessions: dict[str, int], actives: set[int], timer_closed: dict[str, str]
+    devices: Any, open_sessions: dict[str, tuple[int, int]], actives: set[int], timer_closed: dict[str, str]
 ) -> None:
     """Find open sessions in the table (after start or a rebalance)."""
     try:
@@ -480,7 +483,7 @@ def _rebuild_index(
                     continue
                 key = k.decode() if isinstance(k, bytes) else str(k)
                 if s and not s.get("x") and timer_closed.get(key) != s.get("id"):
-                    open_sessions.setdefault(key, partition)
+                    open_sessions.setdefault(key, (partition, 0))
     except Exception:
         log.exception("could not scan the devices table for open sessions")
 
