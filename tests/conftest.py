@@ -209,3 +209,41 @@ def consume(tf_env: dict[str, str]) -> Callable[..., list[Any]]:
         return out
 
     return _consume
+
+
+@pytest.fixture(scope="session")
+def isolated_env(subprocess_env: dict[str, str], services: Services, kafka_admin: Any,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], dict[str, str]]]:
+    """``isolated_env()``: a subprocess environment with its own topics (created), consumer groups,
+    TRACKFLOW_HOME (so its own embedded ClickHouse directory and app registry), Redis key prefix and
+    ClickHouse database. Use it for every test that runs trackflow services as processes, so that
+    two such tests never share a consumer group or a chdb data directory. Topics are deleted at the end.
+    """
+    from trackflow.config import KafkaSettings
+    from trackflow.stack import ensure_topics
+
+    prefixes: list[str] = []
+
+    def make() -> dict[str, str]:
+        tag = uuid.uuid4().hex[:8]
+        home = tmp_path_factory.mktemp(f"home-{tag}")
+        env = dict(subprocess_env)
+        env.update({
+            "TRACKFLOW_HOME": str(home),
+            "TRACKFLOW_TOPIC_PREFIX": f"i{tag}.",
+            "TRACKFLOW_REDIS_KEY_PREFIX": f"i{tag}:",
+            "TRACKFLOW_CLICKHOUSE_DATABASE": f"tf_{tag}",
+        })
+        env.pop("TRACKFLOW_APPS_FILE", None)
+        ensure_topics(KafkaSettings(kafka_bootstrap=services.kafka_bootstrap, topic_prefix=f"i{tag}."))
+        prefixes.append(f"i{tag}.")
+        return env
+
+    yield make
+    names = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
+    if names:
+        for fut in kafka_admin.delete_topics(names, request_timeout=30).values():
+            try:
+                fut.result()
+            except Exception:  # best-effort cleanup of a shared broker
+                pass

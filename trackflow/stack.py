@@ -126,8 +126,17 @@ def stop_process(pidfile: Path, *, grace: float = 20.0) -> bool:
     if read_pid(pidfile) is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+    _reap(pid)
     pidfile.unlink(missing_ok=True)
     return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child this process started (no zombie, no ResourceWarning)."""
+    for proc in [p for p in _CHILDREN if p.pid == pid]:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        _CHILDREN.remove(proc)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -29,15 +29,22 @@ def dashboard_installed() -> None:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sink_server(
     subprocess_env: dict[str, str], topics: Any, app: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SinkServer]:
     """``trackflow sink`` for this run, serving the read API on a free port with an admin read key."""
     port = free_port()
     env = dict(subprocess_env)
+    own = tmp_path_factory.mktemp("browser-home")
     env.update(
         {
+            # its own chdb directory, consumer group and Redis keys, so that other tests' in-process
+            # ClickHouse and sink processes never collide with this long-lived sink
+            "TRACKFLOW_HOME": str(own),
+            "TRACKFLOW_APPS_FILE": str(Path(subprocess_env["TRACKFLOW_HOME"]) / "apps.json"),
+            "TRACKFLOW_SINK_GROUP_ID": f"browser-{own.name}",
+            "TRACKFLOW_REDIS_KEY_PREFIX": f"{subprocess_env['TRACKFLOW_REDIS_KEY_PREFIX']}browser:",
             "TRACKFLOW_READ_API_PORT": str(port),
             "TRACKFLOW_READ_API_HOST": "127.0.0.1",
             "TRACKFLOW_READ_KEY": READ_KEY,
@@ -72,9 +79,12 @@ def sink_server(
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(dashboard_installed: None) -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright (never ``playwright install``)."""
+    """Headless Debian Chromium driven by Playwright (never ``playwright install``).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it
+    is open, which would break every asyncio test that runs after it."""
     from playwright.sync_api import sync_playwright
 
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")

@@ -8,7 +8,7 @@ Redis counters must agree with ClickHouse.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from trackflow import demo
-from trackflow.config import CoreSettings, RedisSettings
+from trackflow.config import CoreSettings
 from trackflow.stack import StackPaths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -30,11 +30,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pipeline(subprocess_env: dict[str, str], topics: Any) -> Iterator[dict[str, Any]]:
-    """Collector, worker and sink running against the run's topics, database and key prefix."""
-    core = CoreSettings()
+def pipeline(isolated_env: Callable[[], dict[str, str]]) -> Iterator[dict[str, Any]]:
+    """Collector, worker and sink running on their own topics, home, database and key prefix."""
+    base = isolated_env()
+    core = CoreSettings(home=Path(base["TRACKFLOW_HOME"]))
     paths = StackPaths.from_settings(core)
-    env = demo.service_env(core, free_port(), free_port(), base=subprocess_env)
+    env = demo.service_env(core, free_port(), free_port(), base=base)
     demo.run_cli(["fx", "load", str(demo.FX_FIXTURE)], env)
     demo.start_services(paths, env)
     try:
@@ -83,11 +84,12 @@ def test_simulated_traffic_lands_exactly(pipeline: dict[str, Any], tmp_path: Pat
     assert unconverted == 0
 
     # Redis counters agree with ClickHouse: events per minute summed over every bucket
-    rs = RedisSettings()
-    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+    prefix = env["TRACKFLOW_REDIS_KEY_PREFIX"]
+    r = redis.Redis.from_url(env["TRACKFLOW_REDIS_URL"])
+    request.addfinalizer(r.close)
     for kind in exp["apps"]:
         app_id = keys[kind]["app_id"]
         total = 0
-        for key in r.scan_iter(match=f"{rs.redis_key_prefix}live:{app_id}:epm:*", count=1000):
+        for key in r.scan_iter(match=f"{prefix}live:{app_id}:epm:*", count=1000):
             total += sum(int(v) for v in r.hvals(key))
         assert total == by_app[app_id], kind
