@@ -167,6 +167,8 @@ class Collector:
             raise _Reject(400, [EnvelopeError(Reason.INVALID_JSON, "body is not valid gzip")]) from None
         if len(out) > limit or d.unconsumed_tail:
             raise too_large
+        if not d.eof:  # cut short: the CRC and length trailer were never checked
+            raise _Reject(400, [EnvelopeError(Reason.INVALID_JSON, "gzip body is truncated")])
         return out
 
     def _app_for(self, key: str | None) -> App:
