@@ -39,7 +39,7 @@ def main() -> None:
         await out.flush()
         await faust_flush()
 
-    app.producer.flush = flush
+    app.producer.flush = flush  # type: ignore[method-assign]
     raw = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
 
     @app.agent(raw, concurrency=1)

@@ -79,7 +79,10 @@ def measure(
     """Returns (events/s wall clock, CPU microseconds per event summed over the processes)."""
     procs = [subprocess.Popen(c, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT) for c in cmds]
     try:
-        first_t = first_n = None
+        first_t: float | None = None
+        first_n = 0
+        first_cpu = last_cpu = 0.0
+        last_t = 0.0
         last = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -105,8 +108,8 @@ def measure(
             p.wait()
 
 
-def pure_cost(n: int = 20000) -> float:
-    """Microseconds per event of decode + stages + encode, in-process on in-memory state."""
+def pure_cost(n: int = 20000) -> tuple[float, float]:
+    """(wall, CPU) microseconds per event of decode + stages + encode, in-process on in-memory state."""
     import time as _t
 
     from pipeline.fx import RateTable

@@ -97,8 +97,9 @@ class Pipe:
         try:
             while len(out) < n and time.monotonic() < deadline:
                 for m in c.consume(num_messages=1000, timeout=0.5):
-                    if m.error() is None:
-                        out.append(codec.decode(m.value(), topic))
+                    value = m.value()
+                    if m.error() is None and value is not None:
+                        out.append(codec.decode(value, topic))
         finally:
             c.close()
         return out

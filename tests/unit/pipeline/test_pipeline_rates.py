@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,12 @@ from pipeline.fx import parse_hour
 from pipeline.rates import OxrProvider, load_path
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "fx" / "rates.csv"
-OXR = {"disclaimer": "test", "timestamp": 1790003600, "base": "USD", "rates": {"EUR": 0.9, "GBP": 0.78}}
+OXR: dict[str, Any] = {
+    "disclaimer": "test",
+    "timestamp": 1790003600,
+    "base": "USD",
+    "rates": {"EUR": 0.9, "GBP": 0.78},
+}
 
 
 def test_fixture_loads_daily_rows_as_hours():
