@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
@@ -36,7 +37,7 @@ def committed(kafka, group: str, topic: str) -> int:
         c.close()
 
 
-def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], object]:
+def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], Any]:
     """A fresh prefix with the raw topic pre-filled; returns (env, KafkaSettings)."""
     from pipeline.rates import load_path, publish
     from pipeline.traffic import generate, produce
