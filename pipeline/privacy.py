@@ -101,7 +101,7 @@ def is_hashed(value: str) -> bool:
     """Whether ``value`` looks like an output of :func:`hash_user_id`."""
     if len(value) != len(HASH_PREFIX) + 32 or not value.startswith(HASH_PREFIX):
         return False
-    return all(c in "0123456789abcdef" for c in value[len(HASH_PREFIX):])
+    return all(c in "0123456789abcdef" for c in value[len(HASH_PREFIX) :])
 
 
 def stored_user_ids(app: App, user_id: str, salt: bytes | None) -> list[str]:

@@ -146,7 +146,9 @@ class SuppressionList:
 
 def privacy_from_env(core: CoreSettings | None = None) -> Privacy:
     """What a worker passes to :class:`pipeline.process.Processor`: the salt and the suppression list."""
-    return Privacy(salt=PrivacySettings().salt(), suppressed=SuppressionList(suppressions_path(core)).contains)
+    return Privacy(
+        salt=PrivacySettings().salt(), suppressed=SuppressionList(suppressions_path(core)).contains
+    )
 
 
 # -- ClickHouse and Redis ------------------------------------------------------------------------
@@ -202,8 +204,9 @@ def delete_user(
     params["devs"] = sorted(str(r[0]) for r in devs)
     deleted: dict[str, int] = {}
     for table, cond in CONDITIONS.items():
-        n = client.query(f"SELECT count() FROM {_read_table(table, database)} WHERE {cond}",
-                         parameters=params).result_rows[0][0]
+        n = client.query(
+            f"SELECT count() FROM {_read_table(table, database)} WHERE {cond}", parameters=params
+        ).result_rows[0][0]
         deleted[table] = int(n)
         if n:
             client.command(f"DELETE FROM {_table(table, database, cluster)} WHERE {cond}", parameters=params)
@@ -225,8 +228,9 @@ def _delete_direct(app_id: str, ids: list[str]) -> dict[str, Any]:
     client = connect(ch, CoreSettings())
     r = redis_lib.Redis.from_url(rs.redis_url.get_secret_value())
     try:
-        return delete_user(client, app_id, ids, cluster=ch.clickhouse_cluster, redis=r,
-                           redis_prefix=rs.redis_key_prefix)
+        return delete_user(
+            client, app_id, ids, cluster=ch.clickhouse_cluster, redis=r, redis_prefix=rs.redis_key_prefix
+        )
     finally:
         client.close()
         with contextlib.suppress(Exception):
@@ -245,8 +249,9 @@ def delete(app_id: str, user: str, *, suppress: bool = True) -> dict[str, Any]:
     added = SuppressionList(suppressions_path()).add(app.app_id, ids) if suppress else 0
     ref = find_read_api()
     if ref is not None:
-        result: dict[str, Any] = _call(ref, "POST", "/api/gdpr/delete",
-                                       json={"app": app.app_id, "user_ids": ids})
+        result: dict[str, Any] = _call(
+            ref, "POST", "/api/gdpr/delete", json={"app": app.app_id, "user_ids": ids}
+        )
         result["via"] = "read_api"
     else:
         result = _delete_direct(app.app_id, ids)
@@ -265,8 +270,12 @@ def gdpr() -> None:
 
 @gdpr.command("delete")
 @click.option("--app", "app_id", required=True, help="The app id.")
-@click.option("--user", "user", required=True, help="The user id as the app sends it (hashed here if needed).")
-@click.option("--no-suppress", is_flag=True, help="Delete stored rows only; do not drop the user's later events.")
+@click.option(
+    "--user", "user", required=True, help="The user id as the app sends it (hashed here if needed)."
+)
+@click.option(
+    "--no-suppress", is_flag=True, help="Delete stored rows only; do not drop the user's later events."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def delete_cmd(app_id: str, user: str, no_suppress: bool, as_json: bool) -> None:
     """Delete user USER of app APP from ClickHouse and Redis, and drop the user's later events.

@@ -63,24 +63,33 @@ class FuzzCollector:
 
 
 @pytest.fixture(scope="module")
-def fuzz_collector(subprocess_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
-                   kafka_admin: Any) -> Iterator[FuzzCollector]:
+def fuzz_collector(
+    subprocess_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, kafka_admin: Any
+) -> Iterator[FuzzCollector]:
     home = tmp_path_factory.mktemp("fuzzhome")
     prefix = f"{subprocess_env['TRACKFLOW_TOPIC_PREFIX']}fz{secrets.token_hex(3)}."
     registry = AppRegistry(home / "apps.json")
     _, key, _ = registry.add("Fuzz", app_id="fuzz")
     _, other, _ = registry.add("Fuzz other", app_id="fuzz-other")
-    env = dict(subprocess_env, TRACKFLOW_HOME=str(home), TRACKFLOW_TOPIC_PREFIX=prefix,
-               TRACKFLOW_COLLECTOR_RATE_LIMIT_EPS=str(RATE_EPS),
-               TRACKFLOW_COLLECTOR_RATE_LIMIT_BURST=str(RATE_BURST),
-               TRACKFLOW_COLLECTOR_MAX_REQUEST_BYTES=str(MAX_REQUEST))
+    env = dict(
+        subprocess_env,
+        TRACKFLOW_HOME=str(home),
+        TRACKFLOW_TOPIC_PREFIX=prefix,
+        TRACKFLOW_COLLECTOR_RATE_LIMIT_EPS=str(RATE_EPS),
+        TRACKFLOW_COLLECTOR_RATE_LIMIT_BURST=str(RATE_BURST),
+        TRACKFLOW_COLLECTOR_MAX_REQUEST_BYTES=str(MAX_REQUEST),
+    )
     ensure_topics(KafkaSettings(kafka_bootstrap=env["TRACKFLOW_KAFKA_BOOTSTRAP"], topic_prefix=prefix))
     port = free_port()
     log = home / "collector.log"
     exe = str(Path(sys.executable).with_name("trackflow"))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([exe, "collector", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [exe, "collector", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

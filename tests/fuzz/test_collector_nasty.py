@@ -53,13 +53,31 @@ def corpus() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("json string", "/v1/batch", b'"batch"', {}),
         ("deep arrays", "/v1/track", b"[" * deep + b"]" * deep, {}),
         ("deep objects", "/v1/track", b'{"a":' * 3000 + b"1" + b"}" * 3000, {}),
-        ("deep properties", "/v1/track",
-         b'{"type":"track","event":"e","userId":"u","properties":' + b'{"a":' * 300 + b"1" + b"}" * 301, {}),
+        (
+            "deep properties",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","properties":' + b'{"a":' * 300 + b"1" + b"}" * 301,
+            {},
+        ),
         ("deep batch", "/v1/batch", b'{"batch":[' + b"[" * 5000 + b"]" * 5000 + b"]}", {}),
-        ("huge string value", "/v1/track",
-         b'{"type":"track","event":"e","userId":"u","properties":{"s":"' + b"x" * 40_000 + b'"}}', {}),
-        ("huge event name", "/v1/track", b'{"type":"track","userId":"u","event":"' + b"e" * 40_000 + b'"}', {}),
-        ("huge key", "/v1/track", b'{"type":"track","event":"e","userId":"u","' + b"k" * 40_000 + b'":1}', {}),
+        (
+            "huge string value",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","properties":{"s":"' + b"x" * 40_000 + b'"}}',
+            {},
+        ),
+        (
+            "huge event name",
+            "/v1/track",
+            b'{"type":"track","userId":"u","event":"' + b"e" * 40_000 + b'"}',
+            {},
+        ),
+        (
+            "huge key",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","' + b"k" * 40_000 + b'":1}',
+            {},
+        ),
         ("over the request limit", "/v1/batch", b'{"batch":[' + b",".join([TRACK] * 3000) + b"]}", {}),
         ("too many events", "/v1/batch", b'{"batch":[' + b",".join([b"{}"] * 5000) + b"]}", {}),
         ("invalid utf-8", "/v1/track", b'{"type":"track","event":"\xff\xfe","userId":"u"}', {}),
@@ -67,35 +85,83 @@ def corpus() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("lone surrogate", "/v1/track", b'{"type":"track","event":"\\ud800","userId":"u"}', {}),
         ("nul bytes", "/v1/track", b'{"type":"track","event":"a\\u0000b","userId":"u\\u0000"}', {}),
         ("NaN", "/v1/track", b'{"type":"track","event":"e","userId":"u","properties":{"v":NaN}}', {}),
-        ("Infinity", "/v1/track", b'{"type":"track","event":"e","userId":"u","properties":{"v":Infinity}}', {}),
-        ("-Infinity revenue", "/v1/track",
-         b'{"type":"track","event":"e","userId":"u","properties":{"revenue":-Infinity}}', {}),
-        ("1e999 revenue", "/v1/track", b'{"type":"track","event":"e","userId":"u","properties":{"revenue":1e999}}',
-         {}),
+        (
+            "Infinity",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","properties":{"v":Infinity}}',
+            {},
+        ),
+        (
+            "-Infinity revenue",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","properties":{"revenue":-Infinity}}',
+            {},
+        ),
+        (
+            "1e999 revenue",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","properties":{"revenue":1e999}}',
+            {},
+        ),
         ("int beyond 64 bits", "/v1/track", big_int, {}),
-        ("int beyond 64 bits as id", "/v1/track", b'{"type":"track","event":"e","userId":' + b"1" * 30 + b"}", {}),
-        ("negative 2^64", "/v1/track",
-         b'{"type":"track","event":"e","userId":"u","properties":{"n":-18446744073709551616}}', {}),
-        ("duplicate keys", "/v1/track", b'{"type":"track","event":"a","event":"b","userId":"u","userId":7}', {}),
+        (
+            "int beyond 64 bits as id",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":' + b"1" * 30 + b"}",
+            {},
+        ),
+        (
+            "negative 2^64",
+            "/v1/track",
+            b'{"type":"track","event":"e","userId":"u","properties":{"n":-18446744073709551616}}',
+            {},
+        ),
+        (
+            "duplicate keys",
+            "/v1/track",
+            b'{"type":"track","event":"a","event":"b","userId":"u","userId":7}',
+            {},
+        ),
         ("duplicate type", "/v1/track", b'{"type":"track","type":"nonsense","event":"e","userId":"u"}', {}),
         ("gzip bomb", "/v1/track", _bomb(64 << 20), {"Content-Encoding": "gzip"}),
-        ("gzip bomb batch", "/v1/batch", gzip.compress(b'{"batch":[' + b" " * (8 << 20) + b"]}"),
-         {"Content-Encoding": "gzip"}),
+        (
+            "gzip bomb batch",
+            "/v1/batch",
+            gzip.compress(b'{"batch":[' + b" " * (8 << 20) + b"]}"),
+            {"Content-Encoding": "gzip"},
+        ),
         ("truncated gzip", "/v1/track", gzip.compress(TRACK)[:-8], {"Content-Encoding": "gzip"}),
         ("gzip claimed, plain sent", "/v1/track", TRACK, {"Content-Encoding": "gzip"}),
         ("brotli", "/v1/track", TRACK, {"Content-Encoding": "br"}),
-        ("stacked encodings", "/v1/track", gzip.compress(gzip.compress(TRACK)), {"Content-Encoding": "gzip, gzip"}),
+        (
+            "stacked encodings",
+            "/v1/track",
+            gzip.compress(gzip.compress(TRACK)),
+            {"Content-Encoding": "gzip, gzip"},
+        ),
         ("text/plain", "/v1/track", TRACK, {"Content-Type": "text/plain"}),
-        ("form encoded", "/v1/track", b"type=track&event=e&userId=u",
-         {"Content-Type": "application/x-www-form-urlencoded"}),
-        ("multipart", "/v1/track", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
-         {"Content-Type": "multipart/form-data; boundary=b"}),
+        (
+            "form encoded",
+            "/v1/track",
+            b"type=track&event=e&userId=u",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        (
+            "multipart",
+            "/v1/track",
+            b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
+            {"Content-Type": "multipart/form-data; boundary=b"},
+        ),
         ("xml", "/v1/track", b"<event><type>track</type></event>", {"Content-Type": "application/xml"}),
         ("lying content-length", "/v1/track", TRACK, {"Content-Length-Override": "999999999"}),
         ("app-tracking garbage", "/v1/app-tracking", b'{"events":[{"action":[1,2],"uuid":{"x":1}}]}', {}),
         ("appsflyer wrong app", "/inappevent/someone-else", b'{"eventName":"x","appsflyer_id":"a"}', {}),
-        ("appsflyer nested", "/inappevent/fuzz", b'{"eventName":{"a":1},"eventValue":"{\\"x\\":' + b"[" * 2000
-         + b"]" * 2000 + b'}"}', {}),
+        (
+            "appsflyer nested",
+            "/inappevent/fuzz",
+            b'{"eventName":{"a":1},"eventValue":"{\\"x\\":' + b"[" * 2000 + b"]" * 2000 + b'}"}',
+            {},
+        ),
     ]
     return cases
 
@@ -112,8 +178,10 @@ def _check(name: str, r: httpx.Response) -> None:
 
 def _raw_post(col: FuzzCollector, path: str, body: bytes, length: int) -> httpx.Response:
     """POST over a bare socket, declaring ``length`` bytes whatever is sent (httpx refuses to lie)."""
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Write-Key: {col.key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Write-Key: {col.key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", col.port), timeout=30) as s:
         s.sendall(head + body)
         data = b""
@@ -134,7 +202,9 @@ def _clen(data: bytes) -> int:
     return 1 << 30
 
 
-def _send(c: httpx.Client, col: FuzzCollector, name: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+def _send(
+    c: httpx.Client, col: FuzzCollector, name: str, path: str, body: bytes, headers: dict[str, str]
+) -> httpx.Response:
     headers = dict(headers)
     if headers.pop("Content-Length-Override", None):
         # a declared length far beyond the limit is refused before any body is read
@@ -166,9 +236,19 @@ def test_nasty_corpus_gets_clear_4xx_or_200_and_memory_stays_bounded(fuzz_collec
     assert after - before < RSS_BUDGET_KB
     # the rejections a user would look for, with the status a client can act on
     expected = {
-        "deep arrays": 400, "NaN": 400, "Infinity": 400, "invalid utf-8": 400, "over the request limit": 413,
-        "gzip bomb": 413, "gzip bomb batch": 413, "brotli": 415, "truncated gzip": 400,
-        "huge string value": 413, "lying content-length": 413, "appsflyer wrong app": 403, "empty body": 400,
+        "deep arrays": 400,
+        "NaN": 400,
+        "Infinity": 400,
+        "invalid utf-8": 400,
+        "over the request limit": 413,
+        "gzip bomb": 413,
+        "gzip bomb batch": 413,
+        "brotli": 415,
+        "truncated gzip": 400,
+        "huge string value": 413,
+        "lying content-length": 413,
+        "appsflyer wrong app": 403,
+        "empty body": 400,
     }
     assert {k: statuses[k] for k in expected} == expected
     assert statuses["duplicate keys"] in (200, 400) and statuses["text/plain"] == 200
@@ -176,8 +256,15 @@ def test_nasty_corpus_gets_clear_4xx_or_200_and_memory_stays_bounded(fuzz_collec
 
 def test_auth_header_abuse_is_401_not_5xx(fuzz_collector: FuzzCollector) -> None:
     col = fuzz_collector
-    bad = ["Basic", "Basic !!!notbase64", "Basic " + base64.b64encode(b"\xff\xfe:").decode(),
-           "Basic " + base64.b64encode(b":" * 10_000).decode(), "Bearer " + "x" * 6000, "Basic =", "Digest x"]
+    bad = [
+        "Basic",
+        "Basic !!!notbase64",
+        "Basic " + base64.b64encode(b"\xff\xfe:").decode(),
+        "Basic " + base64.b64encode(b":" * 10_000).decode(),
+        "Bearer " + "x" * 6000,
+        "Basic =",
+        "Digest x",
+    ]
     with httpx.Client(base_url=col.url, timeout=30) as c:
         for h in bad:
             r = c.post("/v1/track", content=TRACK, headers={"Authorization": h})
@@ -192,25 +279,63 @@ def test_auth_header_abuse_is_401_not_5xx(fuzz_collector: FuzzCollector) -> None
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=50),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
-        st.sampled_from(["type", "event", "userId", "anonymousId", "properties", "context", "batch", "timestamp",
-                         "messageId", "traits", "sentAt", "x"]) | st.text(max_size=8), inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "event",
+                    "userId",
+                    "anonymousId",
+                    "properties",
+                    "context",
+                    "batch",
+                    "timestamp",
+                    "messageId",
+                    "traits",
+                    "sentAt",
+                    "x",
+                ]
+            )
+            | st.text(max_size=8),
+            inner,
+            max_size=6,
+        )
+    ),
     max_leaves=40,
 )
 
 
 @settings(max_examples=250, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
-    body=st.binary(max_size=2000) | json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)
-                                                    if _dumpable(v) else b"{}"),
-    path=st.sampled_from(["/v1/track", "/v1/identify", "/v1/batch", "/v1/page", "/v1/alias", "/v1/app-tracking",
-                          "/inappevent/fuzz"]),
+    body=st.binary(max_size=2000)
+    | json_values.map(
+        lambda v: orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) if _dumpable(v) else b"{}"
+    ),
+    path=st.sampled_from(
+        [
+            "/v1/track",
+            "/v1/identify",
+            "/v1/batch",
+            "/v1/page",
+            "/v1/alias",
+            "/v1/app-tracking",
+            "/inappevent/fuzz",
+        ]
+    ),
     ctype=st.sampled_from([None, "application/json", "text/plain", "application/octet-stream", "bogus/\x7f"]),
     encoding=st.sampled_from([None, "identity", "gzip", "deflate", "compress"]),
     compress=st.booleans(),
 )
-def test_random_requests_never_get_a_5xx(fuzz_collector: FuzzCollector, body: bytes, path: str, ctype: str | None,
-                                         encoding: str | None, compress: bool) -> None:
+def test_random_requests_never_get_a_5xx(
+    fuzz_collector: FuzzCollector,
+    body: bytes,
+    path: str,
+    ctype: str | None,
+    encoding: str | None,
+    compress: bool,
+) -> None:
     col = fuzz_collector
     headers: dict[str, str] = {"X-Write-Key": col.key, "authentication": col.key}
     if ctype and ctype.isprintable():
@@ -239,8 +364,10 @@ def _dumpable(v: Any) -> bool:
 
 def _slow_client(port: int, stop: threading.Event, body_first: bool) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        head = (b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 4000\r\n")
+        head = (
+            b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 4000\r\n"
+        )
         if body_first:
             s.sendall(head + b"\r\n")
             payload = b" " * 4000
@@ -250,7 +377,7 @@ def _slow_client(port: int, stop: threading.Event, body_first: bool) -> None:
             if stop.is_set():
                 return
             try:
-                s.sendall(payload[i:i + 1])
+                s.sendall(payload[i : i + 1])
             except OSError:
                 return  # the server hung up on us: fine
             time.sleep(0.05)
@@ -259,8 +386,10 @@ def _slow_client(port: int, stop: threading.Event, body_first: bool) -> None:
 def test_slow_clients_do_not_starve_others(fuzz_collector: FuzzCollector) -> None:
     col = fuzz_collector
     stop = threading.Event()
-    threads = [threading.Thread(target=_slow_client, args=(col.port, stop, i % 2 == 0), daemon=True)
-               for i in range(60)]
+    threads = [
+        threading.Thread(target=_slow_client, args=(col.port, stop, i % 2 == 0), daemon=True)
+        for i in range(60)
+    ]
     for t in threads:
         t.start()
     try:
@@ -290,8 +419,11 @@ def test_rate_and_size_limits_are_per_key(fuzz_collector: FuzzCollector) -> None
     assert len(full) < MAX_REQUEST
     with httpx.Client(base_url=col.url, timeout=30) as c:
         assert c.post("/v1/batch", content=full, headers={"X-Write-Key": col.key}).status_code == 200
-        r = c.post("/v1/batch", content=b'{"batch":[' + b",".join([small] * 50) + b"]}",
-                   headers={"X-Write-Key": col.key})
+        r = c.post(
+            "/v1/batch",
+            content=b'{"batch":[' + b",".join([small] * 50) + b"]}",
+            headers={"X-Write-Key": col.key},
+        )
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["errors"][0]["reason"] == "rate_limited"
         # another key is not affected

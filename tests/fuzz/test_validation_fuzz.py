@@ -27,28 +27,90 @@ from trackflow.apps import App
 
 T0 = 1_790_000_000_000
 RAW = codec("raw_event")
-OUT = {"enriched_event": codec("enriched_event"), "invalid_event": codec("invalid_event"),
-       "session": codec("session")}
+OUT = {
+    "enriched_event": codec("enriched_event"),
+    "invalid_event": codec("invalid_event"),
+    "session": codec("session"),
+}
 APPS = {
     "plain": App(app_id="plain", name="P", write_key_hash="x", reporting_currency="GBP"),
-    "private": App(app_id="private", name="Q", write_key_hash="y", mask_ip=True, hash_user_ids=True,
-                   drop_properties=("email", "revenue")),
+    "private": App(
+        app_id="private",
+        name="Q",
+        write_key_hash="y",
+        mask_ip=True,
+        hash_user_ids=True,
+        drop_properties=("email", "revenue"),
+    ),
 }
-NASTY_TEXT = st.sampled_from([
-    "", " ", "NaN", "Infinity", "-Infinity", "1e999", "-1e999", "9" * 40, "-" + "9" * 40, "0x1F", "1_000",
-    "\x00", "\ud800", "\U0001f600" * 300, "e" * 10_000, "=cmd|' /C calc'!A0", "\"quoted", "a b", "null",
-    "true", "[]", "{}", "2026-02-30T25:61:61Z", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z",
-    "1790000000", "1790000000000", "1790000000000000", "-1", "1.5e3", "0.0000001",
-])
+NASTY_TEXT = st.sampled_from(
+    [
+        "",
+        " ",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e999",
+        "-1e999",
+        "9" * 40,
+        "-" + "9" * 40,
+        "0x1F",
+        "1_000",
+        "\x00",
+        "\ud800",
+        "\U0001f600" * 300,
+        "e" * 10_000,
+        "=cmd|' /C calc'!A0",
+        '"quoted',
+        "a b",
+        "null",
+        "true",
+        "[]",
+        "{}",
+        "2026-02-30T25:61:61Z",
+        "9999-12-31T23:59:59Z",
+        "0001-01-01T00:00:00Z",
+        "1790000000",
+        "1790000000000",
+        "1790000000000000",
+        "-1",
+        "1.5e3",
+        "0.0000001",
+    ]
+)
 TEXT = st.text(max_size=30) | NASTY_TEXT
-KEYS = st.sampled_from(["revenue", "af_revenue", "value", "currency", "af_currency", "session_id", "offset",
-                        "error_level", "error_code", "error_message", "error_stacktrace", "metadata",
-                        "bundle_id", "bundle_paid_amount", "bundle_paid_currency", "platform", "tx_ref",
-                        "product_list", "email", "utm_source", "name", "x"]) | st.text(max_size=6)
-SCALARS = (st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats(allow_nan=False)
-           | TEXT)
-JSONISH = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
-                       max_leaves=25)
+KEYS = st.sampled_from(
+    [
+        "revenue",
+        "af_revenue",
+        "value",
+        "currency",
+        "af_currency",
+        "session_id",
+        "offset",
+        "error_level",
+        "error_code",
+        "error_message",
+        "error_stacktrace",
+        "metadata",
+        "bundle_id",
+        "bundle_paid_amount",
+        "bundle_paid_currency",
+        "platform",
+        "tx_ref",
+        "product_list",
+        "email",
+        "utm_source",
+        "name",
+        "x",
+    ]
+) | st.text(max_size=6)
+SCALARS = st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats(allow_nan=False) | TEXT
+JSONISH = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
+    max_leaves=25,
+)
 
 
 def _json_text(v: Any) -> str:
@@ -63,11 +125,36 @@ JSON_TEXT = (
     st.dictionaries(KEYS, JSONISH, max_size=8).map(_json_text)
     | JSONISH.map(_json_text)
     | TEXT
-    | st.sampled_from(['{"v": NaN}', '{"v": Infinity}', '{"n": ' + "9" * 400 + "}", '{"a":' * 600 + "1" + "}" * 600,
-                       '{"revenue": "1e400"}', '{"revenue": -0.0, "currency": "XXX"}', '{"a":1,"a":2}'])
+    | st.sampled_from(
+        [
+            '{"v": NaN}',
+            '{"v": Infinity}',
+            '{"n": ' + "9" * 400 + "}",
+            '{"a":' * 600 + "1" + "}" * 600,
+            '{"revenue": "1e400"}',
+            '{"revenue": -0.0, "currency": "XXX"}',
+            '{"a":1,"a":2}',
+        ]
+    )
 )
-EVENT = st.none() | TEXT | st.sampled_from(["session_start", "session_end", "heartbeat", "error", "app_error",
-                                            "monetization", "web3_purchase", "anonymize", "reset", "screen"])
+EVENT = (
+    st.none()
+    | TEXT
+    | st.sampled_from(
+        [
+            "session_start",
+            "session_end",
+            "heartbeat",
+            "error",
+            "app_error",
+            "monetization",
+            "web3_purchase",
+            "anonymize",
+            "reset",
+            "screen",
+        ]
+    )
+)
 
 
 @st.composite
@@ -75,7 +162,9 @@ def raw_events(draw: st.DrawFn) -> dict[str, Any]:
     rec = defaults("raw_event")
     rec.update(
         message_id=draw(st.text(max_size=12) | st.sampled_from(["m1", "m2"])),
-        type=draw(st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "heartbeat", "x", ""])),
+        type=draw(
+            st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "heartbeat", "x", ""])
+        ),
         event=draw(EVENT),
         app_id=draw(st.sampled_from(["plain", "private", "unknown", ""])),
         anonymous_id=draw(st.none() | st.sampled_from(["d1", "d2"]) | TEXT),
@@ -98,8 +187,13 @@ def raw_events(draw: st.DrawFn) -> dict[str, Any]:
 def _processor() -> Processor:
     rates = RateTable()
     rates.set_hour(T0 - 48 * 3_600_000, {"EUR": 0.9, "GBP": 0.78, "JPY": 150.0})
-    return Processor(PipelineSettings(), APPS.get, rates, DictState(),
-                     privacy.Privacy(salt=b"fuzz-salt", suppressed=lambda a, u: u == "u2"))
+    return Processor(
+        PipelineSettings(),
+        APPS.get,
+        rates,
+        DictState(),
+        privacy.Privacy(salt=b"fuzz-salt", suppressed=lambda a, u: u == "u2"),
+    )
 
 
 def _check(res: Any) -> None:

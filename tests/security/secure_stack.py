@@ -56,8 +56,12 @@ class SecureStack:
     redis_log: Path
 
     def sql(self, query: str) -> list[dict[str, Any]]:
-        r = httpx.post(f"{self.read_api}/api/sql", json={"sql": query},
-                       headers={"X-Read-Key": SECRETS["read_key"]}, timeout=60)
+        r = httpx.post(
+            f"{self.read_api}/api/sql",
+            json={"sql": query},
+            headers={"X-Read-Key": SECRETS["read_key"]},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         rows: list[dict[str, Any]] = r.json()["rows"]
         return rows
@@ -72,7 +76,9 @@ class SecureStack:
             if value == expected:
                 return value
             for name in demo.SERVICES:
-                assert read_pid(self.paths.pidfile(name)) is not None, f"{name} exited: {self.log(name)[-2000:]}"
+                assert read_pid(self.paths.pidfile(name)) is not None, (
+                    f"{name} exited: {self.log(name)[-2000:]}"
+                )
             time.sleep(0.5)
         raise AssertionError(f"{query!r}: {value!r} != {expected!r} after {timeout}s")
 
@@ -81,13 +87,19 @@ class SecureStack:
         return p.read_text(errors="replace") if p.exists() else ""
 
     def post(self, kind: str, path: str, body: Any, **headers: str) -> httpx.Response:
-        return httpx.post(f"{self.collector}{path}", json=body, auth=(self.keys[kind]["write_key"], ""),
-                          headers=headers, timeout=30)
+        return httpx.post(
+            f"{self.collector}{path}",
+            json=body,
+            auth=(self.keys[kind]["write_key"], ""),
+            headers=headers,
+            timeout=30,
+        )
 
 
 @pytest.fixture(scope="module")
-def secure_stack(subprocess_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
-                 kafka_admin: Any) -> Iterator[SecureStack]:
+def secure_stack(
+    subprocess_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, kafka_admin: Any
+) -> Iterator[SecureStack]:
     home = tmp_path_factory.mktemp("sechome")
     tag = secrets.token_hex(3)
     rport, cport, aport = free_port(), free_port(), free_port()
@@ -96,34 +108,53 @@ def secure_stack(subprocess_env: dict[str, str], tmp_path_factory: pytest.TempPa
     redis_log = home / "redis.log"
     with open(redis_log, "wb") as out:
         rproc = subprocess.Popen(
-            [ensure_redis_installed(), "--port", str(rport), "--bind", "127.0.0.1", "--dir", str(rdir),
-             "--save", "", "--appendonly", "no", "--requirepass", SECRETS["redis_password"]],
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                ensure_redis_installed(),
+                "--port",
+                str(rport),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(rdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                SECRETS["redis_password"],
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     redis_url = f"redis://:{SECRETS['redis_password']}@127.0.0.1:{rport}/0"
     prefix = f"{subprocess_env['TRACKFLOW_TOPIC_PREFIX']}sec{tag}."
     env = dict(subprocess_env)
-    env.update({
-        "TRACKFLOW_HOME": str(home),
-        "TRACKFLOW_TOPIC_PREFIX": prefix,
-        "TRACKFLOW_REDIS_URL": redis_url,
-        "TRACKFLOW_REDIS_KEY_PREFIX": f"sec{tag}:",
-        "TRACKFLOW_CLICKHOUSE_DATABASE": f"{subprocess_env['TRACKFLOW_CLICKHOUSE_DATABASE']}_sec{tag}",
-        "TRACKFLOW_READ_KEY": SECRETS["read_key"],
-        "TRACKFLOW_PRIVACY_USER_ID_SALT": SECRETS["salt"],
-        "TRACKFLOW_COLLECTOR_HOST": "127.0.0.1",
-        "TRACKFLOW_COLLECTOR_PORT": str(cport),
-        "TRACKFLOW_READ_API_HOST": "127.0.0.1",
-        "TRACKFLOW_READ_API_PORT": str(aport),
-        "TRACKFLOW_PIPELINE_FX_WAIT_S": "0",
-        "TRACKFLOW_SINK_BATCH_AGE_S": "0.3",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "TRACKFLOW_HOME": str(home),
+            "TRACKFLOW_TOPIC_PREFIX": prefix,
+            "TRACKFLOW_REDIS_URL": redis_url,
+            "TRACKFLOW_REDIS_KEY_PREFIX": f"sec{tag}:",
+            "TRACKFLOW_CLICKHOUSE_DATABASE": f"{subprocess_env['TRACKFLOW_CLICKHOUSE_DATABASE']}_sec{tag}",
+            "TRACKFLOW_READ_KEY": SECRETS["read_key"],
+            "TRACKFLOW_PRIVACY_USER_ID_SALT": SECRETS["salt"],
+            "TRACKFLOW_COLLECTOR_HOST": "127.0.0.1",
+            "TRACKFLOW_COLLECTOR_PORT": str(cport),
+            "TRACKFLOW_READ_API_HOST": "127.0.0.1",
+            "TRACKFLOW_READ_API_PORT": str(aport),
+            "TRACKFLOW_PIPELINE_FX_WAIT_S": "0",
+            "TRACKFLOW_SINK_BATCH_AGE_S": "0.3",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     kafka = KafkaSettings(kafka_bootstrap=env["TRACKFLOW_KAFKA_BOOTSTRAP"], topic_prefix=prefix)
     ensure_topics(kafka)
     registry = AppRegistry(home / "apps.json")
     keys: dict[str, dict[str, str]] = {}
-    for kind, opts in (("plain", {}),
-                       ("private", {"mask_ip": True, "hash_user_ids": True, "drop_properties": ("email",)})):
+    for kind, opts in (
+        ("plain", {}),
+        ("private", {"mask_ip": True, "hash_user_ids": True, "drop_properties": ("email",)}),
+    ):
         a, wk, rk = registry.add(f"Sec {kind}", app_id=f"sec-{kind}", **opts)
         keys[kind] = {"app_id": a.app_id, "write_key": wk, "read_key": rk}
     paths = StackPaths.from_settings(CoreSettings(home=home))
@@ -138,8 +169,17 @@ def secure_stack(subprocess_env: dict[str, str], tmp_path_factory: pytest.TempPa
                 raise
             time.sleep(0.2)
     demo.start_services(paths, env)
-    stack = SecureStack(env, paths, home, f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{aport}", keys, r,
-                        env["TRACKFLOW_REDIS_KEY_PREFIX"], redis_log)
+    stack = SecureStack(
+        env,
+        paths,
+        home,
+        f"http://127.0.0.1:{cport}",
+        f"http://127.0.0.1:{aport}",
+        keys,
+        r,
+        env["TRACKFLOW_REDIS_KEY_PREFIX"],
+        redis_log,
+    )
     try:
         demo.wait_healthy(paths, env)
         yield stack

@@ -29,7 +29,9 @@ def test_keys_are_stored_only_as_digests(tmp_path: Path) -> None:
     assert "write_key_hash" not in app.public() and "read_key_hash" not in app.public()
 
 
-def test_key_lookups_compare_digests_in_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_lookups_compare_digests_in_constant_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg = AppRegistry(tmp_path / "apps.json")
     _, wkey, rkey = reg.add("CT", app_id="ct")
     calls: list[tuple[Any, Any]] = []
@@ -55,17 +57,36 @@ def test_rotated_keys_stop_working(tmp_path: Path) -> None:
 def _cli(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("TRACKFLOW_")}
     full.update({"TRACKFLOW_HOME": str(home), **env})
-    return subprocess.run([sys.executable, "-m", "trackflow", *args], capture_output=True, text=True, env=full,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "trackflow", *args], capture_output=True, text=True, env=full, timeout=60
+    )
 
 
 def test_apps_set_privacy_options(tmp_path: Path) -> None:
     assert _cli(["apps", "add", "Priv", "--app-id", "priv"], tmp_path).returncode == 0
-    res = _cli(["apps", "set", "priv", "--mask-ip", "--hash-user-ids", "--drop-property", "email",
-                "--drop-property", "phone", "--json"], tmp_path, TRACKFLOW_PRIVACY_USER_ID_SALT="pepper")
+    res = _cli(
+        [
+            "apps",
+            "set",
+            "priv",
+            "--mask-ip",
+            "--hash-user-ids",
+            "--drop-property",
+            "email",
+            "--drop-property",
+            "phone",
+            "--json",
+        ],
+        tmp_path,
+        TRACKFLOW_PRIVACY_USER_ID_SALT="pepper",
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out["mask_ip"] is True and out["hash_user_ids"] is True and out["drop_properties"] == ["email", "phone"]
+    assert (
+        out["mask_ip"] is True
+        and out["hash_user_ids"] is True
+        and out["drop_properties"] == ["email", "phone"]
+    )
     assert "pepper" not in res.stdout + res.stderr
     app = AppRegistry(tmp_path / "apps.json").require("priv")
     assert app.mask_ip and app.hash_user_ids and app.drop_properties == ("email", "phone")
@@ -81,8 +102,13 @@ def test_apps_set_privacy_options(tmp_path: Path) -> None:
 
 
 def test_config_masks_the_salt_and_the_read_key(tmp_path: Path) -> None:
-    res = _cli(["config", "--json"], tmp_path, TRACKFLOW_PRIVACY_USER_ID_SALT="pepper-123",
-               TRACKFLOW_READ_KEY="tfr_admin_s3cret", TRACKFLOW_REDIS_URL="redis://:pw-s3cret@127.0.0.1:1/0")
+    res = _cli(
+        ["config", "--json"],
+        tmp_path,
+        TRACKFLOW_PRIVACY_USER_ID_SALT="pepper-123",
+        TRACKFLOW_READ_KEY="tfr_admin_s3cret",
+        TRACKFLOW_REDIS_URL="redis://:pw-s3cret@127.0.0.1:1/0",
+    )
     assert res.returncode == 0, res.stderr
     for secret in ("pepper-123", "tfr_admin_s3cret", "pw-s3cret"):
         assert secret not in res.stdout + res.stderr

@@ -43,8 +43,14 @@ def ev(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 def cli(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "trackflow", *args], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "trackflow", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     if check:
         assert res.returncode == 0, res.stderr
     return res
@@ -64,20 +70,45 @@ def keep(text: str) -> str:
 def test_privacy_options_apply_before_anything_is_stored(secure_stack: SecureStack) -> None:
     s = secure_stack
     priv = s.keys["private"]["app_id"]
-    body = {"batch": [
-        ev("identify", userId="alice@example.com", anonymousId="dev-a",
-           context={"ip": "2001:db8:abcd:12:3456:789a:bcde:f012"}, traits={"plan": "pro"}),
-        ev("track", event="signup", userId="alice@example.com", anonymousId="dev-a",
-           properties={"email": "alice@example.com", "plan": "pro"}, context={"ip": "203.0.113.77"}),
-        ev("track", event="opened", anonymousId="dev-a", properties={"email": "x@y.z", "n": 1}),
-    ]}
+    body = {
+        "batch": [
+            ev(
+                "identify",
+                userId="alice@example.com",
+                anonymousId="dev-a",
+                context={"ip": "2001:db8:abcd:12:3456:789a:bcde:f012"},
+                traits={"plan": "pro"},
+            ),
+            ev(
+                "track",
+                event="signup",
+                userId="alice@example.com",
+                anonymousId="dev-a",
+                properties={"email": "alice@example.com", "plan": "pro"},
+                context={"ip": "203.0.113.77"},
+            ),
+            ev("track", event="opened", anonymousId="dev-a", properties={"email": "x@y.z", "n": 1}),
+        ]
+    }
     assert s.post("private", "/v1/batch", body).status_code == 200
-    plain = {"batch": [ev("track", event="signup", userId="alice@example.com", anonymousId="dev-p",
-                          properties={"email": "alice@example.com"}, context={"ip": "203.0.113.77"})]}
+    plain = {
+        "batch": [
+            ev(
+                "track",
+                event="signup",
+                userId="alice@example.com",
+                anonymousId="dev-p",
+                properties={"email": "alice@example.com"},
+                context={"ip": "203.0.113.77"},
+            )
+        ]
+    }
     assert s.post("plain", "/v1/batch", plain).status_code == 200
     s.wait_sql("SELECT count() AS n FROM events", 4)
 
-    rows = s.sql(f"SELECT user_id, user_key, ip, properties FROM events WHERE app_id = '{priv}' ORDER BY event")
+    rows = s.sql(
+        f"SELECT user_id, user_key, ip, properties FROM events WHERE app_id = '{priv}' ORDER BY event"
+    )
     hashed = hash_user_id(SECRETS["salt"].encode(), priv, "alice@example.com")
     assert {r["user_key"] for r in rows} == {hashed}  # the anonymous event is stitched to the hashed id
     assert {r["ip"] for r in rows} == {"2001:db8:abcd::", "203.0.113.0", "127.0.0.0"}
@@ -112,18 +143,30 @@ def test_read_api_and_dashboard_calls_require_a_read_key(secure_stack: SecureSta
         # an app's read key reads its app only
         own = c.get(f"{s.read_api}/api/metrics/dau", params=q, headers={"X-Read-Key": plain["read_key"]})
         assert own.status_code == 200 and own.json()["app"] == plain["app_id"]
-        other = c.get(f"{s.read_api}/api/metrics/dau", params={**q, "app": priv["app_id"]},
-                      headers={"X-Read-Key": plain["read_key"]})
+        other = c.get(
+            f"{s.read_api}/api/metrics/dau",
+            params={**q, "app": priv["app_id"]},
+            headers={"X-Read-Key": plain["read_key"]},
+        )
         assert other.status_code == 401
-        assert [a["app_id"] for a in c.get(f"{s.read_api}/api/apps",
-                                           headers={"Authorization": f"Bearer {plain['read_key']}"}).json()] \
-            == [plain["app_id"]]
+        assert [
+            a["app_id"]
+            for a in c.get(
+                f"{s.read_api}/api/apps", headers={"Authorization": f"Bearer {plain['read_key']}"}
+            ).json()
+        ] == [plain["app_id"]]
         # SQL and GDPR deletes are admin-only
-        for path, body in (("/api/sql", {"sql": "SELECT 1"}),
-                           ("/api/gdpr/delete", {"app": plain["app_id"], "user_ids": ["u"]})):
+        for path, body in (
+            ("/api/sql", {"sql": "SELECT 1"}),
+            ("/api/gdpr/delete", {"app": plain["app_id"], "user_ids": ["u"]}),
+        ):
             assert c.post(f"{s.read_api}{path}", json=body).status_code == 401
-            assert c.post(f"{s.read_api}{path}", json=body,
-                          headers={"X-Read-Key": plain["read_key"]}).status_code == 403
+            assert (
+                c.post(
+                    f"{s.read_api}{path}", json=body, headers={"X-Read-Key": plain["read_key"]}
+                ).status_code
+                == 403
+            )
 
 
 # -- read-only SQL ----------------------------------------------------------------------------------
@@ -137,16 +180,29 @@ def test_injection_through_metric_parameters_and_sql_fails(secure_stack: SecureS
     plain = s.keys["plain"]
     with httpx.Client(timeout=60, base_url=s.read_api) as c:
         for bad in INJECTIONS:
-            for param in ("app", "from", "to", "by", "steps", "window", "window_days", "max_day", "group",
-                          "within"):
+            for param in (
+                "app",
+                "from",
+                "to",
+                "by",
+                "steps",
+                "window",
+                "window_days",
+                "max_day",
+                "group",
+                "within",
+            ):
                 q = {"app": plain["app_id"], "from": "2026-01-01", "to": "2026-12-31", param: bad}
                 for metric in ("dau", "funnel", "retention", "revenue"):
                     r = c.get(f"/api/metrics/{metric}", params=q, headers=admin)
                     assert r.status_code in (200, 400), (metric, param, bad, r.text)
                     if r.status_code == 200:  # a value used as data, never as SQL
                         assert "system.tables" not in r.text and "events_local" not in r.text
-            r = c.get(f"/api/metrics/{bad}", params={"app": plain["app_id"], "from": "2026-01-01",
-                                                     "to": "2026-12-31"}, headers=admin)
+            r = c.get(
+                f"/api/metrics/{bad}",
+                params={"app": plain["app_id"], "from": "2026-01-01", "to": "2026-12-31"},
+                headers=admin,
+            )
             assert r.status_code == 404
         writes = [
             "SELECT 1; DROP TABLE events",
@@ -168,32 +224,53 @@ def test_injection_through_metric_parameters_and_sql_fails(secure_stack: SecureS
             assert r.json()["error"] and r.json()["param"] == "sql"
             keep(r.text)
     assert s.sql("SELECT count() AS n FROM events")[0]["n"] == before
-    assert {r["name"] for r in s.sql("SELECT name FROM system.tables WHERE database = currentDatabase()")} \
-        == tables
+    assert {
+        r["name"] for r in s.sql("SELECT name FROM system.tables WHERE database = currentDatabase()")
+    } == tables
 
 
 # -- GDPR ---------------------------------------------------------------------------------------------
 
 
-def test_gdpr_delete_removes_the_user_and_suppresses_later_events(secure_stack: SecureStack,
-                                                                  cli_env: dict[str, str]) -> None:
+def test_gdpr_delete_removes_the_user_and_suppresses_later_events(
+    secure_stack: SecureStack, cli_env: dict[str, str]
+) -> None:
     s = secure_stack
     app = s.keys["plain"]["app_id"]
     base = s.sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}'")[0]["n"]
     bob = [
         ev("track", event="opened", anonymousId="bob-dev1"),  # anonymous, before identify
         ev("identify", userId="bob", anonymousId="bob-dev1", traits={"email": "bob@x.io"}),
-        ev("track", event="session_start", userId="bob", anonymousId="bob-dev1", properties={"session_id": "sb1"}),
+        ev(
+            "track",
+            event="session_start",
+            userId="bob",
+            anonymousId="bob-dev1",
+            properties={"session_id": "sb1"},
+        ),
         ev("track", event="level_up", userId="bob", anonymousId="bob-dev1", properties={"session_id": "sb1"}),
-        ev("track", event="session_end", userId="bob", anonymousId="bob-dev1", properties={"session_id": "sb1"}),
+        ev(
+            "track",
+            event="session_end",
+            userId="bob",
+            anonymousId="bob-dev1",
+            properties={"session_id": "sb1"},
+        ),
         ev("track", event="bought", userId="bob", anonymousId="bob-dev2"),
         ev("track", event="=bad name", userId="bob", anonymousId="bob-dev2"),  # a dead letter of bob's
     ]
-    eve = [ev("identify", userId="eve", anonymousId="eve-dev"), ev("track", event="opened", anonymousId="eve-dev")]
+    eve = [
+        ev("identify", userId="eve", anonymousId="eve-dev"),
+        ev("track", event="opened", anonymousId="eve-dev"),
+    ]
     assert s.post("plain", "/v1/batch", {"batch": bob + eve}).status_code == 200
     s.wait_sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}'", base + 8)
-    s.wait_sql(f"SELECT count() AS n FROM invalid_events WHERE app_id = '{app}' AND reason = 'invalid_event_name'", 1)
-    s.wait_sql(f"SELECT toUInt8(count() > 0) AS ok FROM sessions WHERE app_id = '{app}' AND user_key = 'bob'", 1)
+    s.wait_sql(
+        f"SELECT count() AS n FROM invalid_events WHERE app_id = '{app}' AND reason = 'invalid_event_name'", 1
+    )
+    s.wait_sql(
+        f"SELECT toUInt8(count() > 0) AS ok FROM sessions WHERE app_id = '{app}' AND user_key = 'bob'", 1
+    )
     online = f"{s.redis_prefix}live:{app}:online"
     deadline = time.monotonic() + 30
     while s.redis.zscore(online, "bob") is None and time.monotonic() < deadline:
@@ -209,18 +286,26 @@ def test_gdpr_delete_removes_the_user_and_suppresses_later_events(secure_stack: 
 
     mine = "(user_id = 'bob' OR user_key = 'bob' OR anonymous_id IN ('bob-dev1', 'bob-dev2'))"
     assert s.sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}' AND {mine}")[0]["n"] == 0
-    assert s.sql(f"SELECT count() AS n FROM sessions WHERE app_id = '{app}' AND user_key = 'bob'")[0]["n"] == 0
-    assert s.sql(f"SELECT count() AS n FROM invalid_events WHERE app_id = '{app}' "
-                 "AND payload LIKE '%bob%'")[0]["n"] == 0
+    assert (
+        s.sql(f"SELECT count() AS n FROM sessions WHERE app_id = '{app}' AND user_key = 'bob'")[0]["n"] == 0
+    )
+    assert (
+        s.sql(f"SELECT count() AS n FROM invalid_events WHERE app_id = '{app}' AND payload LIKE '%bob%'")[0][
+            "n"
+        ]
+        == 0
+    )
     assert s.sql(f"SELECT count() AS n FROM first_seen WHERE app_id = '{app}' AND key = 'bob'")[0]["n"] == 0
     assert s.sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}' AND user_key = 'eve'")[0]["n"] == 2
     assert s.redis.zscore(online, "bob") is None and s.redis.zscore(online, "eve") is not None
     assert "bob" not in (s.home / "suppressions.json").read_text()
 
     # later events of bob, by id and from a device stitched to him, end as 'suppressed' dead letters
-    later = [ev("track", event="came_back", userId="bob", anonymousId="bob-dev3"),
-             ev("track", event="tapped", anonymousId="bob-dev1", properties={"secret": "s"}),
-             ev("track", event="tapped", anonymousId="eve-dev")]
+    later = [
+        ev("track", event="came_back", userId="bob", anonymousId="bob-dev3"),
+        ev("track", event="tapped", anonymousId="bob-dev1", properties={"secret": "s"}),
+        ev("track", event="tapped", anonymousId="eve-dev"),
+    ]
     time.sleep(1.5)  # the workers re-read the suppression list within a second
     assert s.post("plain", "/v1/batch", {"batch": later}).status_code == 200
     s.wait_sql(f"SELECT count() AS n FROM invalid_events WHERE app_id = '{app}' AND reason = 'suppressed'", 2)
@@ -231,13 +316,19 @@ def test_gdpr_delete_removes_the_user_and_suppresses_later_events(secure_stack: 
     assert all("bob" not in d["payload"] and "secret" not in d["payload"] for d in dead)
 
 
-def test_gdpr_delete_of_a_hashed_app_takes_the_clear_id(secure_stack: SecureStack, cli_env: dict[str, str]) -> None:
+def test_gdpr_delete_of_a_hashed_app_takes_the_clear_id(
+    secure_stack: SecureStack, cli_env: dict[str, str]
+) -> None:
     s = secure_stack
     app = s.keys["private"]["app_id"]
     hashed = hash_user_id(SECRETS["salt"].encode(), app, "alice@example.com")
-    assert s.sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}' AND user_key = '{hashed}'")[0]["n"] == 3
-    out = orjson.loads(keep(cli(["gdpr", "delete", "--app", app, "--user", "alice@example.com", "--json"],
-                                cli_env).stdout))
+    assert (
+        s.sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}' AND user_key = '{hashed}'")[0]["n"]
+        == 3
+    )
+    out = orjson.loads(
+        keep(cli(["gdpr", "delete", "--app", app, "--user", "alice@example.com", "--json"], cli_env).stdout)
+    )
     assert out["deleted"]["events"] == 3
     assert s.sql(f"SELECT count() AS n FROM events WHERE app_id = '{app}'")[0]["n"] == 0
     status = keep(cli(["gdpr", "status", "--app", app], cli_env).stdout)
@@ -253,21 +344,37 @@ def test_gdpr_delete_of_an_unknown_app_is_a_clear_error(cli_env: dict[str, str])
 # -- secrets ----------------------------------------------------------------------------------------
 
 
-def test_secrets_never_appear_in_logs_config_or_errors(secure_stack: SecureStack, cli_env: dict[str, str]) -> None:
+def test_secrets_never_appear_in_logs_config_or_errors(
+    secure_stack: SecureStack, cli_env: dict[str, str]
+) -> None:
     s = secure_stack
     # provoke errors that could echo a secret: a wrong key, a bad Redis password, a bad SQL statement
     with httpx.Client(timeout=30, base_url=s.read_api) as c:
         keep(c.get("/api/live", params={"app": s.keys["plain"]["app_id"], "key": "tfr_bad"}).text)
-        keep(c.post("/api/sql", json={"sql": "SELEC nonsense"}, headers={"X-Read-Key": SECRETS["read_key"]}).text)
+        keep(
+            c.post(
+                "/api/sql", json={"sql": "SELEC nonsense"}, headers={"X-Read-Key": SECRETS["read_key"]}
+            ).text
+        )
         keep(c.get("/healthz").text)
     keep(s.post("plain", "/v1/track", {"type": "track"}).text)
-    keep(httpx.post(f"{s.collector}/v1/track", json={"type": "track", "event": "x", "userId": "u"},
-                    auth=("tfw_wrong", ""), timeout=10).text)
+    keep(
+        httpx.post(
+            f"{s.collector}/v1/track",
+            json={"type": "track", "event": "x", "userId": "u"},
+            auth=("tfw_wrong", ""),
+            timeout=10,
+        ).text
+    )
     for args in (["config"], ["config", "--json"], ["stack", "status", "--json"], ["apps", "list", "--json"]):
         res = cli(args, cli_env, check=False)
         keep(res.stdout + res.stderr)
-    bad_pw = dict(cli_env, TRACKFLOW_REDIS_URL=cli_env["TRACKFLOW_REDIS_URL"].replace(
-        SECRETS["redis_password"], SECRETS["redis_password"] + "-wrong"))
+    bad_pw = dict(
+        cli_env,
+        TRACKFLOW_REDIS_URL=cli_env["TRACKFLOW_REDIS_URL"].replace(
+            SECRETS["redis_password"], SECRETS["redis_password"] + "-wrong"
+        ),
+    )
     res = cli(["stack", "status", "--json"], bad_pw, check=False)
     keep(res.stdout + res.stderr)
     config = cli(["config", "--json"], cli_env).stdout

@@ -81,8 +81,12 @@ def test_hashed_app_stores_no_clear_user_id_anywhere(raw: Any, rates: RateTable)
     later = proc.process(raw(message_id="m2", event="tap"), pos=(0, 2), topic="raw", now=NOW)
     assert later.enriched[0][1]["user_key"] == hashed
     # and a dead letter of that app carries the transformed event too
-    bad = proc.process(raw(message_id="m3", event="=bad", user_id="alice", properties={"email": "e@x"}),
-                       pos=(0, 3), topic="raw", now=NOW)
+    bad = proc.process(
+        raw(message_id="m3", event="=bad", user_id="alice", properties={"email": "e@x"}),
+        pos=(0, 3),
+        topic="raw",
+        now=NOW,
+    )
     assert bad.outcome == Reason.INVALID_EVENT_NAME.value
     payload = bad.invalid[0][1]["payload"]
     assert "alice" not in payload and "e@x" not in payload and hashed in payload
