@@ -151,10 +151,11 @@ def secure_stack(
     ensure_topics(kafka)
     registry = AppRegistry(home / "apps.json")
     keys: dict[str, dict[str, str]] = {}
-    for kind, opts in (
+    options: tuple[tuple[str, dict[str, Any]], ...] = (
         ("plain", {}),
         ("private", {"mask_ip": True, "hash_user_ids": True, "drop_properties": ("email",)}),
-    ):
+    )
+    for kind, opts in options:
         a, wk, rk = registry.add(f"Sec {kind}", app_id=f"sec-{kind}", **opts)
         keys[kind] = {"app_id": a.app_id, "write_key": wk, "read_key": rk}
     paths = StackPaths.from_settings(CoreSettings(home=home))

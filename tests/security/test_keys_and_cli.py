@@ -41,7 +41,7 @@ def test_key_lookups_compare_digests_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(apps_mod.hmac, "compare_digest", spy)
+    monkeypatch.setattr(apps_mod.hmac, "compare_digest", spy)  # type: ignore[attr-defined]
     assert reg.by_write_key(wkey) is not None and reg.by_read_key(rkey) is not None
     assert calls == [(hash_key(wkey), hash_key(wkey)), (hash_key(rkey), hash_key(rkey))]
 
