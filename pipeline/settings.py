@@ -53,6 +53,7 @@ class PipelineSettings(BaseSettings):
             "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48": "USDC",
             "0xdac17f958d2ee523a2206206994597c13d831ec7": "USDT",
             "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2": "ETH",
+            "0x7d1afa7b718fb893db30a3abc0cfc608aacfebb0": "MATIC",
         }
     )
     error_event_names: frozenset[str] = frozenset({"error", "app_error"})

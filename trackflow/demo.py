@@ -335,7 +335,9 @@ def demo(ctx: click.Context, users: int, days: int, seed: int, keep_data: bool) 
         stop_services(paths)
         reset_data(core)
     _say("FX rates fixture -> rates topic")
-    click.echo("    " + run_cli(["fx", "load", str(FX_FIXTURE)], env).strip().replace("\n", "\n    "), err=True)
+    fx = orjson.loads(run_cli(["fx", "load", str(FX_FIXTURE)], env))
+    click.echo(f"    {fx['published_hours']} hourly rate sets, {fx['first']} .. {fx['last']}, "
+               f"{len(fx['currencies'])} currencies", err=True)
     _say("start collector, worker, sink")
     for name, what in start_services(paths, env).items():
         click.echo(f"    {name:<11} {what}", err=True)
