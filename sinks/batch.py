@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from sinks.base import Batch, Record, TopicPartition
 
@@ -53,6 +54,26 @@ class Batcher:
         buf.offsets.append(offset)
         buf.records.append(record)
         self.rows += 1
+
+    def add_many(
+        self, topic: str, partition: int, offsets: list[int], records: list[Record], kind: str, now: float
+    ) -> None:
+        """Buffer records read at ``offsets`` of one partition (same result as :meth:`add` one by one)."""
+        if not offsets:
+            return
+        buf = self._buffers.get((topic, partition))
+        if buf is None:
+            buf = self._buffers[(topic, partition)] = _Buffer(kind)
+        ascending = all(a < b for a, b in pairwise(offsets))
+        if not ascending or (buf.offsets and offsets[0] <= buf.offsets[-1]):
+            for o, r in zip(offsets, records, strict=True):
+                self.add(topic, partition, o, r, kind, now)
+            return
+        if buf.since is None:
+            buf.since = now
+        buf.offsets.extend(offsets)
+        buf.records.extend(records)
+        self.rows += len(offsets)
 
     def plan(self, topic: str, partition: int, ranges: list[tuple[int, int]], kind: str, now: float) -> None:
         """Cut this partition's next batches exactly at ``ranges`` (ascending, inclusive)."""

@@ -117,6 +117,36 @@ class ThreadClients:
         self._local = threading.local()
 
 
+#: per kind, a column whose values being distinct within a batch makes the table's sort key distinct
+#: too (``invalid_events`` sorts by ``_topic, _partition, _offset``: always distinct in one batch)
+_UNIQUE_KEY = {"events": "message_id", "sessions": "session_id", "invalid": None}
+
+
+def insert_settings(kind: str, data: Any, token: str) -> dict[str, Any]:
+    """Settings of one batch's insert: its deduplication token, and ``optimize_on_insert = 0`` when
+    no two rows of the batch share a sort key.
+
+    ``optimize_on_insert`` (default 1) runs the table's Replacing merge over every inserted block; on
+    ``events`` that is about half of the engine's insert cost. When the rows' sort keys are all
+    distinct it cannot collapse anything, so switching it off stores exactly the same rows. A batch
+    with a repeated key keeps the default, so it is still collapsed at insert time as before.
+    """
+    settings: dict[str, Any] = {"insert_deduplication_token": token}
+    if kind in _UNIQUE_KEY:
+        key = _UNIQUE_KEY[kind]
+        if key is None or _distinct(data.column(key)):
+            settings["optimize_on_insert"] = 0
+    return settings
+
+
+def _distinct(column: Any) -> bool:
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        return False
+    return bool(pc.count_distinct(column).as_py() == len(column))
+
+
 class ClickHouseSink:
     """Writes batches to ``events``, ``sessions``, ``invalid_events`` and ``fx_rates``.
 
@@ -185,7 +215,7 @@ class ClickHouseSink:
                             r["retention_months"] = months[app]
                     table, data = spec.table, spec.to_arrow(b.records, b.topic, b.partition, b.offsets)
                 if data.num_rows:
-                    self.client.insert_arrow(table, data, settings={"insert_deduplication_token": b.token})
+                    self.client.insert_arrow(table, data, settings=insert_settings(b.kind, data, b.token))
                     self.inserts += 1
             except Exception as exc:
                 raise StorageUnavailable(

@@ -140,13 +140,23 @@ class SinkLoop:
                 timeout = 0.1 if (self.paused or self.pending) else min(0.25, self.settings.sink_batch_age_s)
                 msgs = consumer.consume(num_messages=10_000, timeout=timeout)
                 now = time.monotonic()
+                runs: dict[tuple[Any, Any], tuple[list[Any], list[Any]]] = {}
                 for m in msgs:
                     err = m.error()
                     if err is not None:
                         if err.code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer error: %s", err)
                         continue
-                    self._add(m, now)
+                    tp = (m.topic(), m.partition())
+                    run = runs.get(tp)
+                    if run is None:
+                        run = runs[tp] = ([], [])
+                    run[0].append(m.offset())
+                    run[1].append(m.value())
+                for (topic, partition), (offsets, values) in runs.items():
+                    kind = self.kinds.get(topic)
+                    if kind is not None:  # decoded per batch
+                        self.batcher.add_many(topic, partition, offsets, values, kind, now)
                 if self.batcher.rows >= self.settings.sink_max_buffer_rows and not self.paused:
                     self._pause()
                 if self.pending or self.batcher.due(now) or self.paused:

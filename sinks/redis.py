@@ -243,7 +243,7 @@ def _after(batch: Batch, last: int) -> Batch:
     idx = [i for i, o in enumerate(batch.offsets) if o > last]
     if batch.table is not None:
         return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx], [], batch.kind,
-                     table=batch.table.take(idx), span=(batch.offsets[idx[0]], batch.last_offset) if idx else None)
+                     table=batch.table.slice(0, 0) if not idx else batch.table.take(idx), span=(batch.offsets[idx[0]], batch.last_offset) if idx else None)
     return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx],
                  [batch.records[i] for i in idx], batch.kind, span=(batch.offsets[idx[0]], batch.last_offset)
                  if idx else None)

@@ -61,3 +61,14 @@ def test_drop_forgets_revoked_partitions():
     b.drop([("t", 0)])
     assert b.rows == 2
     assert [x.partition for x in b.take(5.0)] == [1]
+
+
+def test_add_many_equals_adding_one_by_one():
+    a, b = Batcher(max_rows=100, max_age_s=1.0), Batcher(max_rows=100, max_age_s=1.0)
+    for offsets in ([0, 1, 2], [2, 3, 4], [7, 8], [6, 9], []):
+        for o in offsets:
+            a.add("t", 0, o, {"o": o}, "events", 0.0)
+        b.add_many("t", 0, list(offsets), [{"o": o} for o in offsets], "events", 0.0)
+    assert a.rows == b.rows == 8  # 2 and 6 are redeliveries
+    assert [(x.token, list(x.offsets), list(x.records)) for x in a.take(2.0)] == \
+        [(x.token, list(x.offsets), list(x.records)) for x in b.take(2.0)]

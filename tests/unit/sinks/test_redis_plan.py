@@ -75,3 +75,15 @@ def test_arrow_plan_equals_the_record_plan():
     table = pa.Table.from_pylist(recs).set_column(
         5, "event_time", pa.array([r["event_time"] for r in recs], pa.timestamp("ms", tz="UTC")))
     assert plan_table(table, "p:", 300) == plan(recs, "events", "p:", 300)
+
+
+def test_a_fully_applied_arrow_batch_leaves_nothing_to_apply():
+    import pyarrow as pa
+
+    from sinks.redis import _after
+
+    table = pa.table({"app_id": pa.array(["a", "a", "a"], pa.large_string())})
+    b = Batch("t", 0, [5, 6, 7], [], table=table)
+    assert len(_after(b, 7)) == 0  # a replay after a crash between Redis and the commit
+    rest = _after(b, 5)
+    assert list(rest.offsets) == [6, 7] and rest.table.num_rows == 2 and rest.first_offset == 6
