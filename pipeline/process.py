@@ -124,6 +124,8 @@ class Processor:
         self.counters: Counter[str] = Counter()
         self._mid_window = int(settings.message_id_window_s * 1000)
         self._content_window = int(settings.content_window_s * 1000)
+        # (context JSON text, user agent) -> the typed context columns (read-only, copied into rec)
+        self._context_cache: dict[tuple[Any, Any], dict[str, str | None]] = {}
 
     # -- dead letters ----------------------------------------------------------------------------
 
@@ -361,7 +363,13 @@ class Processor:
         rec["client_time"] = ev.client_time
         rec["media_source"] = media_source
         rec["campaign"] = campaign
-        rec.update(enrich.context_fields(raw, ev.context))
+        ckey = (raw.get("context"), raw.get("user_agent"))  # context text repeats per device
+        ctx = self._context_cache.get(ckey)
+        if ctx is None:
+            if len(self._context_cache) >= 8192:
+                self._context_cache.clear()
+            ctx = self._context_cache[ckey] = enrich.context_fields(raw, ev.context)
+        rec.update(ctx)
         props = ev.properties
         if props:
             rec["error_level"] = enrich._str(props.get("error_level"))

@@ -37,6 +37,7 @@ from pipeline.fx import RateTable, parse_hour
 from pipeline.process import Processor, Result
 from pipeline.settings import PipelineSettings
 from schemas import Codec, codec_from_settings
+from schemas.fastcodec import fast
 from trackflow.config import CoreSettings, KafkaSettings, Topics
 
 log = logging.getLogger("trackflow.pipeline")
@@ -61,6 +62,7 @@ class Outputs:
     def __init__(self, kafka: KafkaSettings) -> None:
         from confluent_kafka import Producer
 
+        self.errors: list[str] = []
         self._producer = Producer(
             kafka.client_config()
             | {
@@ -70,9 +72,10 @@ class Outputs:
                 "batch.num.messages": 10_000,
                 "queue.buffering.max.messages": 1_000_000,
                 "delivery.report.only.error": True,
+                # one producer-wide callback: no per-message callback object to carry through librdkafka
+                "on_delivery": self._on_delivery,
             }
         )
-        self.errors: list[str] = []
         self.sent = 0
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -84,9 +87,9 @@ class Outputs:
         while True:
             try:
                 if partition is None:
-                    p.produce(topic, value, key, on_delivery=self._on_delivery)
+                    p.produce(topic, value, key)
                 else:
-                    p.produce(topic, value, key, partition, on_delivery=self._on_delivery)
+                    p.produce(topic, value, key, partition)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -367,10 +370,10 @@ def build_app(
     from trackflow.gdpr import privacy_from_env
 
     proc = Processor(settings, registry.get, rates, state, privacy_from_env())
-    raw_codec = codec_from_settings("raw_event")
-    enriched_codec = codec_from_settings("enriched_event")
-    invalid_codec = codec_from_settings("invalid_event")
-    session_codec = codec_from_settings("session")
+    raw_codec = fast(codec_from_settings("raw_event"))
+    enriched_codec = fast(codec_from_settings("enriched_event"))
+    invalid_codec = fast(codec_from_settings("invalid_event"))
+    session_codec = fast(codec_from_settings("session"))
     fx = FxFeed(kafka, topics.fx, codec_from_settings("fx_rates"))
     open_sessions: dict[str, tuple[int, int]] = {}  # device key -> (partition, idle deadline ms)
     timer_closed: dict[str, str] = {}  # device key -> session id the timer already closed

@@ -118,11 +118,12 @@ def pure_cost(n: int = 20000) -> tuple[float, float]:
     from pipeline.settings import PipelineSettings
     from pipeline.traffic import generate
     from schemas import codec
+    from schemas.fastcodec import fast
     from trackflow.apps import App
 
     app = App(app_id="bench", name="b", write_key_hash="x", reporting_currency="GBP")
     proc = Processor(PipelineSettings(), {"bench": app}.get, RateTable(), DictState())
-    rc, ec = codec("raw_event"), codec("enriched_event")
+    rc, ec = fast(codec("raw_event")), fast(codec("enriched_event"))
     data = [
         rc.encode(r, "t") for _, r in generate(n, "bench", devices=2000, seed=5, start_ms=1_790_000_000_000)
     ]
