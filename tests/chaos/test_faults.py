@@ -47,6 +47,7 @@ def _record(fault: str, chaos: Chaos, figures: dict[str, Any], **extra: Any) -> 
             "rss_kb": {k: v["peak_kb"] for k, v in chaos.rss().items()},
         }
     )
+    assert not figures["problems"], "\n".join(figures["problems"])
 
 
 def test_worker_sigkill_then_restart(chaos: Chaos) -> None:
