@@ -1,7 +1,8 @@
 """A bare Faust pass-through agent: the framework's limit on this broker, for the benchmark.
 
-Same Faust settings and the same librdkafka output path as ``trackflow worker``, but the agent
-only forwards each raw record to ``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
+Same Faust settings, the same librdkafka output path (producer flushed before every commit) and
+the same garbage-collector tuning as ``trackflow worker``, but the agent only forwards each raw
+record to ``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import faust
 
-from pipeline.worker import Outputs, init_offsets
+from pipeline.worker import Outputs, init_offsets, tune_gc
 from trackflow.config import KafkaSettings
 
 
@@ -47,7 +48,9 @@ def main() -> None:
         async for event in stream.events():
             out.send(target, event.key or b"", event.value)
 
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    tune_gc()  # as the worker does
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":
