@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from trackflow.stack import delete_topics
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -163,13 +165,7 @@ def topics(tf_env: dict[str, str], kafka_admin: Any) -> Iterator[Any]:
     ensure_topics(kafka)
     yield kafka.topics
     prefix = kafka.topic_prefix
-    names = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    if names:
-        for fut in kafka_admin.delete_topics(names, request_timeout=30).values():
-            try:
-                fut.result()
-            except Exception:  # best-effort cleanup of a shared broker
-                pass
+    delete_topics(kafka_admin, prefix)
 
 
 @pytest.fixture(scope="session")
@@ -240,10 +236,4 @@ def isolated_env(subprocess_env: dict[str, str], services: Services, kafka_admin
         return env
 
     yield make
-    names = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
-    if names:
-        for fut in kafka_admin.delete_topics(names, request_timeout=30).values():
-            try:
-                fut.result()
-            except Exception:  # best-effort cleanup of a shared broker
-                pass
+    delete_topics(kafka_admin, tuple(prefixes))

@@ -17,7 +17,6 @@ Steps (each printed as it runs):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
@@ -136,11 +135,8 @@ def reset_data(core: CoreSettings) -> None:
 
     kafka = KafkaSettings()
     admin = AdminClient(kafka.client_config())
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(kafka.topic_prefix)]
+    names = local_stack.delete_topics(admin, kafka.topic_prefix)
     if names:
-        for fut in admin.delete_topics(names, request_timeout=30).values():
-            with contextlib.suppress(Exception):
-                fut.result()
         local_stack.wait_until(
             lambda: not (set(names) & set(admin.list_topics(timeout=10).topics)),
             timeout=60, what="topic deletion", service="kafka")

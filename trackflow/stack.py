@@ -373,6 +373,19 @@ def ensure_topics(kafka: KafkaSettings | None = None, *, timeout: float = 30.0) 
     return created
 
 
+def delete_topics(admin: Any, prefixes: str | tuple[str, ...], *, timeout: float = 30.0) -> list[str]:
+    """Best-effort deletion of every topic whose name starts with one of ``prefixes``.
+
+    Used to clean up after test runs and by the demo's reset. Returns the names asked for.
+    """
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
+    if names:
+        for fut in admin.delete_topics(names, request_timeout=timeout).values():
+            with contextlib.suppress(Exception):  # already gone, or the broker is busy
+                fut.result()
+    return names
+
+
 # -- the stack as a whole --------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from trackflow.apps import AppRegistry
 from trackflow.config import KafkaSettings
-from trackflow.stack import ensure_topics
+from trackflow.stack import delete_topics, ensure_topics
 
 RATE_EPS = 200
 RATE_BURST = 400
@@ -111,10 +111,4 @@ def fuzz_collector(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        names = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        if names:
-            for fut in kafka_admin.delete_topics(names, request_timeout=30).values():
-                try:
-                    fut.result()
-                except Exception:  # best-effort cleanup of a shared broker
-                    pass
+        delete_topics(kafka_admin, prefix)

@@ -24,7 +24,7 @@ import redis
 from trackflow import demo
 from trackflow.apps import AppRegistry
 from trackflow.config import CoreSettings, KafkaSettings
-from trackflow.stack import StackPaths, ensure_redis_installed, ensure_topics, read_pid
+from trackflow.stack import StackPaths, delete_topics, ensure_redis_installed, ensure_topics, read_pid
 
 _TAG = secrets.token_hex(4)
 #: secret values the services run with; none may appear in a log, an output or an error message
@@ -192,13 +192,7 @@ def secure_stack(
         except subprocess.TimeoutExpired:
             rproc.kill()
         r.close()
-        names = [t for t in kafka_admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        if names:
-            for fut in kafka_admin.delete_topics(names, request_timeout=30).values():
-                try:
-                    fut.result()
-                except Exception:  # best-effort cleanup of a shared broker
-                    pass
+        delete_topics(kafka_admin, prefix)
         for name in demo.SERVICES:
             text = stack.log(name)
             if text:

@@ -22,6 +22,7 @@ import pytest
 
 from schemas import codec
 from trackflow.config import KafkaSettings, Topics
+from trackflow.stack import delete_topics
 
 
 def free_port() -> int:
@@ -119,13 +120,7 @@ def _delete_topics(bootstrap: str, prefixes: tuple[str, ...]) -> None:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefixes)]
-    if names:
-        for fut in admin.delete_topics(names, request_timeout=30).values():
-            try:
-                fut.result()
-            except Exception:  # already gone, or the broker is busy: not worth failing a run
-                pass
+    delete_topics(admin, prefixes)
 
 
 @pytest.fixture(scope="session")

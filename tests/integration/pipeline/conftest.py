@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from trackflow.stack import delete_topics
+
 REPO = Path(__file__).resolve().parents[3]
 TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
 
@@ -141,10 +143,4 @@ def pipe(tf_env: dict[str, str], subprocess_env: dict[str, str], app: Any, tmp_p
     for name in list(p.workers):
         p.kill(name, signal.SIGKILL)
     admin = AdminClient(kafka.client_config())
-    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-    if names:
-        for fut in admin.delete_topics(names, request_timeout=30).values():
-            try:
-                fut.result()
-            except Exception:  # best-effort cleanup on a shared broker
-                pass
+    delete_topics(admin, prefix)
