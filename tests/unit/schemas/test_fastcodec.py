@@ -75,8 +75,9 @@ def test_fallbacks_behave_like_the_generic_codec() -> None:
 
 
 def test_older_writer_versions_are_resolved() -> None:
-    from fastavro import schemaless_writer
     from io import BytesIO
+
+    from fastavro import schemaless_writer
 
     from schemas import versions
 
