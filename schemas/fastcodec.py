@@ -23,6 +23,7 @@ generic codec.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -328,10 +329,9 @@ class FastSingleObjectCodec(SingleObjectCodec):
 
     def decode(self, data: bytes, topic: str = "") -> Record:
         if data[:10] == self._prefix:
-            try:
+            # corrupt: fall through, and fastavro raises the proper SerdeError
+            with contextlib.suppress(Exception):
                 return self._fast_decode(data)
-            except Exception:  # corrupt: fastavro raises the proper SerdeError
-                pass
         return super().decode(data, topic)
 
 
