@@ -36,6 +36,8 @@ class PipelineSettings(BaseSettings):
         fx_wait_s: how long a worker waits to read the FX topic up to its end before processing.
         worker_name: distinguishes the local state folder of workers sharing one TRACKFLOW_HOME.
         commit_interval_s: Faust ``broker_commit_every`` seconds.
+        session_timeout_s: Kafka group session timeout of the worker: how soon a crashed worker's
+            partitions move to the others (Faust's default is 60 s).
         metrics_port: serve Prometheus counters on this port (0: off).
     """
 
@@ -66,6 +68,7 @@ class PipelineSettings(BaseSettings):
     fx_wait_s: float = Field(default=20.0, ge=0)
     worker_name: str = "w0"
     commit_interval_s: float = Field(default=1.0, gt=0)
+    session_timeout_s: float = Field(default=10.0, ge=6.0)
     metrics_port: int = 0
 
 

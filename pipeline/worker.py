@@ -369,6 +369,9 @@ def build_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=settings.commit_interval_s,
+        # a SIGKILLed worker's partitions move after this, not Faust's default 60 s
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
         producer_linger_ms=20,
         producer_max_batch_size=1_000_000,
         stream_buffer_maxsize=8192,
