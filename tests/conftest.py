@@ -237,3 +237,27 @@ def isolated_env(subprocess_env: dict[str, str], services: Services, kafka_admin
 
     yield make
     delete_topics(kafka_admin, tuple(prefixes))
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process as soon as pytest is done.
+
+    Native threads of the embedded ClickHouse engine and librdkafka can deadlock the interpreter's
+    shutdown (seen here: the main thread waiting forever on a module lock after the summary was
+    printed), which would hang CI. Everything is reported by now, so exit with pytest's status.
+    """
+    if os.environ.get("TRACKFLOW_TEST_NORMAL_EXIT"):
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash.get(_EXIT_STATUS, 0))
