@@ -147,6 +147,119 @@ def _distinct(column: Any) -> bool:
     return bool(pc.count_distinct(column).as_py() == len(column))
 
 
+#: the ids travel as one JSON string literal (parsing a 50k-element IN list costs ~1 s), and the
+#: query text of a 50k-row batch is a few MB, beyond the default max_query_size (256 KiB)
+_LOOKUP_SETTINGS = {"max_query_size": 256 * 1024 * 1024}
+
+
+def _json(values: list[str]) -> str:
+    import orjson
+
+    return orjson.dumps(values).decode()
+
+
+def _first_of_each(keys: list[Any]) -> list[int]:
+    """Row numbers to keep: the first row of each key; a ``None`` key is always kept."""
+    seen: set[Any] = set()
+    keep = []
+    for i, k in enumerate(keys):
+        if k is None:
+            keep.append(i)
+        elif k not in seen:
+            seen.add(k)
+            keep.append(i)
+    return keep
+
+
+def _dates(column: Any) -> list[Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return sorted(d for d in pc.unique(pc.cast(column, pa.date32())).to_pylist() if d is not None)
+
+
+def drop_stored_events(client: Client, table: str, data: Any) -> Any:
+    """``data`` without the rows whose ``(app_id, message_id)`` is already stored in ``table``, nor
+    the repeats of a ``(app_id, message_id)`` within ``data`` (the first is kept). Rows with an empty
+    ``message_id`` are always kept.
+
+    A pipeline worker restarted after a crash re-emits events at new offsets of the enriched topic,
+    so the batch tokens differ: this makes such replays change nothing. The lookup is restricted to
+    the batch's apps and event dates (a re-emitted event has the same ``event_time``), which the
+    sort key prunes, and the message ids, which the ``idx_message_id`` bloom filter prunes.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    apps = data.column("app_id").to_pylist()
+    mids = data.column("message_id").to_pylist()
+    keys = [(a, m) if m else None for a, m in zip(apps, mids, strict=True)]
+    if pc.count_distinct(data.column("message_id")).as_py() != data.num_rows:
+        keep = _first_of_each(keys)
+        if len(keep) != data.num_rows:
+            data = data.take(pa.array(keep, pa.int64()))
+            keys = [keys[i] for i in keep]
+    ids = sorted({k[1] for k in keys if k is not None})
+    if not ids:
+        return data
+    rows = client.query(
+        f"SELECT DISTINCT app_id, message_id FROM {table} "
+        "WHERE app_id IN %(apps)s AND event_date IN %(dates)s AND message_id IN "
+        "(SELECT arrayJoin(JSONExtract(%(ids)s, 'Array(String)')))",
+        parameters={"apps": tuple(sorted({k[0] for k in keys if k is not None})),
+                    "dates": tuple(_dates(data.column("event_time"))), "ids": _json(ids)},
+        settings=_LOOKUP_SETTINGS,
+    ).result_rows
+    if not rows:
+        return data
+    stored = {(str(a), str(m)) for a, m in rows}
+    keep = [i for i, k in enumerate(keys) if k is None or k not in stored]
+    return data.take(pa.array(keep, pa.int64()))
+
+
+def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
+    """``data`` without the dead letters already stored in ``table`` (or repeated within ``data``),
+    identified by :func:`sinks.redis.dead_letter_id` (the raw record's Kafka position, else the
+    ``message_id``, with stage and reason; one with neither is always kept).
+
+    ``failed_at`` is set anew when a restarted worker re-processes a record, so the lookup covers the
+    batch's failure dates and the day before.
+    """
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from sinks.redis import dead_letter_id
+
+    cols = ["app_id", "message_id", "stage", "reason", "source_topic", "source_partition", "source_offset"]
+    recs = data.select(cols).to_pylist()
+    keys = [dead_letter_id(r) or None for r in recs]
+    keep = _first_of_each(keys)
+    if len(keep) != data.num_rows:
+        data = data.take(pa.array(keep, pa.int64()))
+        keys = [keys[i] for i in keep]
+        recs = [recs[i] for i in keep]
+    if all(k is None for k in keys):
+        return data
+    dates = _dates(data.column("failed_at"))
+    mids = _json(sorted({r["message_id"] for r in recs if r["message_id"]}))
+    offsets = tuple(sorted({int(r["source_offset"]) for r in recs if r["source_offset"] is not None})) or (-1,)
+    rows = client.query(
+        f"SELECT DISTINCT {', '.join(cols)} FROM {table} "
+        "WHERE app_id IN %(apps)s AND failed_date BETWEEN %(lo)s AND %(hi)s "
+        "AND (message_id IN (SELECT arrayJoin(JSONExtract(%(mids)s, 'Array(String)'))) "
+        "OR source_offset IN %(offsets)s)",
+        parameters={"apps": tuple(sorted({r["app_id"] for r in recs})), "lo": dates[0] - dt.timedelta(days=1),
+                    "hi": dates[-1], "mids": mids, "offsets": offsets},
+        settings=_LOOKUP_SETTINGS,
+    ).result_rows
+    if not rows:
+        return data
+    stored = {dead_letter_id(dict(zip(cols, row, strict=True))) for row in rows} - {""}
+    keep = [i for i, k in enumerate(keys) if k is None or k not in stored]
+    return data.take(pa.array(keep, pa.int64()))
+
+
 class ClickHouseSink:
     """Writes batches to ``events``, ``sessions``, ``invalid_events`` and ``fx_rates``.
 
@@ -214,6 +327,10 @@ class ClickHouseSink:
                                 months[app] = self._months(app)
                             r["retention_months"] = months[app]
                     table, data = spec.table, spec.to_arrow(b.records, b.topic, b.partition, b.offsets)
+                if b.kind == "events" and data.num_rows:
+                    data = drop_stored_events(self.client, table, data)
+                elif b.kind == "invalid" and data.num_rows:
+                    data = drop_stored_dead_letters(self.client, table, data)
                 if data.num_rows:
                     self.client.insert_arrow(table, data, settings=insert_settings(b.kind, data, b.token))
                     self.inserts += 1

@@ -2,23 +2,66 @@
 -- KEYS[1]  hash of last applied offsets, field "topic/partition"
 -- ARGV[1]  field, ARGV[2] first offset of the batch, ARGV[3] last offset of the batch
 -- ARGV[4..] operations, each: op, key, ttl_s, n, arg_1 .. arg_n
---   H key field incr      HINCRBY
---   I key incr            INCRBY
---   P key member...       PFADD
---   Z key score member... ZADD GT (keeps the latest time seen)
+--   S key id...           SADD each id into the set of applied ids; the ids of all S operations
+--                         are numbered 1, 2, ... in order; an id whose SADD returns 1 (or an
+--                         empty id: never deduplicated) is "new". S operations come first.
+--   C key field idx...    HINCRBY key field by the number of new ids among idx
+--   J key idx amount...   INCRBY key by the sum of the amounts of the new ids among the pairs
+--   H key field incr      HINCRBY (unconditional)
+--   I key incr            INCRBY (unconditional)
+--   P key member...       PFADD (idempotent)
+--   Z key score member... ZADD GT (keeps the latest time seen; idempotent)
 --   R key max_score       ZREMRANGEBYSCORE -inf max_score
 -- A batch whose first offset is not beyond the recorded one was applied already: nothing changes.
+-- An event already applied by an earlier batch (same id, e.g. re-emitted by a restarted worker at
+-- new offsets) changes no counter.
 local last = redis.call('HGET', KEYS[1], ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0
 end
+local new = {}
+local seq = 0
 local i = 4
 local total = #ARGV
 while i <= total do
   local op, key, ttl, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local s = i + 4
   local e = s + n - 1
-  if op == 'H' then
+  local touched = true
+  if op == 'S' then
+    for j = s, e do
+      seq = seq + 1
+      local id = ARGV[j]
+      if id == '' or redis.call('SADD', key, id) == 1 then
+        new[seq] = true
+      end
+    end
+  elseif op == 'C' then
+    local c = 0
+    for j = s + 1, e do
+      if new[tonumber(ARGV[j])] then
+        c = c + 1
+      end
+    end
+    if c > 0 then
+      redis.call('HINCRBY', key, ARGV[s], c)
+    else
+      touched = false
+    end
+  elseif op == 'J' then
+    local c, sum = 0, 0
+    for j = s, e, 2 do
+      if new[tonumber(ARGV[j])] then
+        c = c + 1
+        sum = sum + tonumber(ARGV[j + 1])
+      end
+    end
+    if c > 0 then
+      redis.call('INCRBY', key, string.format('%d', sum))
+    else
+      touched = false
+    end
+  elseif op == 'H' then
     redis.call('HINCRBY', key, ARGV[s], ARGV[s + 1])
   elseif op == 'I' then
     redis.call('INCRBY', key, ARGV[s])
@@ -29,7 +72,7 @@ while i <= total do
   elseif op == 'R' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[s])
   end
-  if ttl > 0 then
+  if touched and ttl > 0 then
     redis.call('EXPIRE', key, ttl)
   end
   i = e + 1

@@ -9,11 +9,15 @@ Keys (``P`` = ``RedisSettings.redis_key_prefix``, ``A`` = app id, minutes and da
     P live:A:revenue_usd:<YYYYMMDD>     int   in-range revenue that day, micro-USD     TTL 3 d
     P live:A:errors:<minute epoch s>    hash  error level -> error events              TTL 2 h
     P live:A:invalid:<minute epoch s>   hash  dead-letter reason -> count              TTL 2 h
+    P live:A:seen:<YYYYMMDD>            set   message ids of the events applied        TTL 3 d 6 h
+    P live:A:seen-invalid:<YYYYMMDD>    set   identities of the dead letters applied   TTL 3 d 6 h
     P sink:offsets:<group>              hash  "topic/partition" -> last applied offset
 
 Buckets follow the event's time. :func:`plan` aggregates a batch into few operations (one HINCRBY
 per minute and name, one PFADD per day, ...); ``live.lua`` applies them and records the batch's
-last offset in the same atomic step, so a replayed batch changes nothing. :func:`live_tiles` reads
+last offset in the same atomic step, so a replayed batch changes nothing; and it counts an event
+only if its id was new to the day's ``seen`` set, so an event re-emitted at new offsets (a restarted
+pipeline worker) changes nothing either. :func:`live_tiles` reads
 the dashboard's live tiles.
 """
 
@@ -33,6 +37,8 @@ from sinks.exceptions import StorageUnavailable
 
 MINUTE_TTL_S = 2 * 3600
 DAY_TTL_S = 3 * 86400
+#: the per-app, per-day sets of applied event ids outlive the longest counter TTL by 6 h
+SEEN_TTL_S = DAY_TTL_S + 6 * 3600
 CHUNK = 1000
 Op = tuple[str, str, int, list[str]]
 
@@ -51,23 +57,42 @@ def offsets_key(prefix: str, group: str) -> str:
 
 
 def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int = 300) -> list[Op]:
-    """The counter updates of a batch, aggregated (pure)."""
+    """The counter updates of a batch, aggregated (pure).
+
+    The first operations (``S``) list the batch's ids per app and UTC day (the ``seen`` sets);
+    ``live.lua`` numbers them 1, 2, ... in that order and the counting operations (``C``, ``J``)
+    refer to their events by that number, so an event already applied is not counted again.
+    """
     if kind == "invalid":
         return _plan_invalid(records, prefix)
     if kind != "events":
         return []
-    epm: dict[tuple[str, int, str], int] = defaultdict(int)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r["app_id"], _day(int(r["event_time"])))].append(i)
+    idx = [0] * len(records)
+    ops: list[Op] = []
+    n = 0
+    for (app, day), rows in sorted(groups.items()):
+        ids = []
+        for i in rows:
+            n += 1
+            idx[i] = n
+            ids.append(str(records[i].get("message_id") or ""))
+        ops.append(("S", live_key(prefix, app, "seen", day), SEEN_TTL_S, ids))
+    epm: dict[tuple[str, int, str], list[str]] = defaultdict(list)
     users: dict[tuple[str, str], set[str]] = defaultdict(set)
     devices: dict[tuple[str, str], set[str]] = defaultdict(set)
     online: dict[str, dict[str, int]] = defaultdict(dict)
-    revenue: dict[tuple[str, str], int] = defaultdict(int)
-    errors: dict[tuple[str, int, str], int] = defaultdict(int)
-    for r in records:
+    revenue: dict[tuple[str, str], list[str]] = defaultdict(list)
+    errors: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+    for i, r in enumerate(records):
         app = r["app_id"]
         ts = int(r["event_time"])
         minute = ts // 60_000 * 60
         day = _day(ts)
-        epm[(app, minute, r.get("event") or r.get("type") or "")] += 1
+        k = str(idx[i])
+        epm[(app, minute, r.get("event") or r.get("type") or "")].append(k)
         users[(app, day)].add(r["user_key"])
         devices[(app, day)].add(r.get("device_id") or r["user_key"])
         seen = online[app]
@@ -75,13 +100,12 @@ def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int
             seen[r["user_key"]] = ts
         usd = r.get("revenue_usd")
         if usd is not None and r.get("revenue_in_range", True):
-            revenue[(app, day)] += round(float(usd) * 1_000_000)
+            revenue[(app, day)].extend([k, str(round(float(usd) * 1_000_000))])
         level = r.get("error_level")
         if level:
-            errors[(app, minute, level)] += 1
-    ops: list[Op] = []
-    for (app, minute, name), n in sorted(epm.items()):
-        ops.append(("H", live_key(prefix, app, "epm", minute), MINUTE_TTL_S, [name, str(n)]))
+            errors[(app, minute, level)].append(k)
+    for (app, minute, name), refs in sorted(epm.items()):
+        ops.append(("C", live_key(prefix, app, "epm", minute), MINUTE_TTL_S, [name, *refs]))
     for (app, day), members in sorted(users.items()):
         ops.extend(_chunks("P", live_key(prefix, app, "dau", "users", day), DAY_TTL_S, sorted(members)))
     for (app, day), members in sorted(devices.items()):
@@ -93,10 +117,10 @@ def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int
             ops.append(("Z", key, 2 * online_window_s, pairs[i : i + 2 * CHUNK]))
         horizon = max(seen.values()) - 2 * online_window_s * 1000
         ops.append(("R", key, 2 * online_window_s, [str(horizon)]))
-    for (app, day), micros in sorted(revenue.items()):
-        ops.append(("I", live_key(prefix, app, "revenue_usd", day), DAY_TTL_S, [str(micros)]))
-    for (app, minute, level), n in sorted(errors.items()):
-        ops.append(("H", live_key(prefix, app, "errors", minute), MINUTE_TTL_S, [level, str(n)]))
+    for (app, day), pairs_ in sorted(revenue.items()):
+        ops.append(("J", live_key(prefix, app, "revenue_usd", day), DAY_TTL_S, pairs_))
+    for (app, minute, level), refs in sorted(errors.items()):
+        ops.append(("C", live_key(prefix, app, "errors", minute), MINUTE_TTL_S, [level, *refs]))
     return ops
 
 
@@ -117,10 +141,29 @@ def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
         "day": pc.strftime(table.column("event_time"), format="%Y%m%d"), "user": table.column("user_key"),
         "dev": device, "ts": ts,
     })
+    # number the events as plan() does: by (app, day), then in batch order
+    import numpy as np
+
+    n = table.num_rows
+    order = pc.sort_indices(pa.table({"app": t.column("app"), "day": t.column("day"),
+                                      "row": pa.array(np.arange(n))}),
+                            sort_keys=[("app", "ascending"), ("day", "ascending"), ("row", "ascending")])
+    idx = np.empty(n, dtype=np.int64)
+    idx[order.to_numpy()] = np.arange(1, n + 1)
+    t = t.append_column("idx", pa.array(idx))
+    mid = table.column("message_id") if "message_id" in table.column_names else pa.nulls(n, pa.string())
+    ids = pc.fill_null(pc.cast(mid, pa.string()), "").take(order).to_pylist()
     ops: list[Op] = []
-    for r in sorted(t.group_by(["app", "minute", "ev"]).aggregate([([], "count_all")]).to_pylist(),
+    start = 0
+    for r in sorted(t.group_by(["app", "day"]).aggregate([([], "count_all")]).to_pylist(),
+                    key=lambda r: (r["app"], r["day"])):
+        end = start + r["count_all"]
+        ops.append(("S", live_key(prefix, r["app"], "seen", r["day"]), SEEN_TTL_S, ids[start:end]))
+        start = end
+    for r in sorted(t.group_by(["app", "minute", "ev"], use_threads=False).aggregate([("idx", "list")]).to_pylist(),
                     key=lambda r: (r["app"], r["minute"], r["ev"])):
-        ops.append(("H", live_key(prefix, r["app"], "epm", r["minute"]), MINUTE_TTL_S, [r["ev"], str(r["count_all"])]))
+        ops.append(("C", live_key(prefix, r["app"], "epm", r["minute"]), MINUTE_TTL_S,
+                    [r["ev"], *map(str, r["idx_list"])]))
     for col, kind in (("user", "users"), ("dev", "devices")):
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for r in t.group_by(["app", "day", col]).aggregate([]).to_pylist():
@@ -139,34 +182,65 @@ def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
     usd = table.column("revenue_usd")
     paid = pc.and_(pc.is_valid(usd), pc.fill_null(table.column("revenue_in_range"), True))
     if pc.any(paid).as_py():
-        rev = pa.table({"app": t.column("app"), "day": t.column("day"),
+        rev = pa.table({"app": t.column("app"), "day": t.column("day"), "idx": t.column("idx"),
                         "micros": pc.cast(pc.round(pc.multiply(usd, 1_000_000)), pa.int64())}).filter(paid)
-        for r in sorted(rev.group_by(["app", "day"]).aggregate([("micros", "sum")]).to_pylist(),
+        for r in sorted(rev.group_by(["app", "day"], use_threads=False)
+                        .aggregate([("idx", "list"), ("micros", "list")]).to_pylist(),
                         key=lambda r: (r["app"], r["day"])):
-            ops.append(("I", live_key(prefix, r["app"], "revenue_usd", r["day"]), DAY_TTL_S, [str(r["micros_sum"])]))
+            pairs_ = [str(x) for pair in zip(r["idx_list"], r["micros_list"], strict=True) for x in pair]
+            ops.append(("J", live_key(prefix, r["app"], "revenue_usd", r["day"]), DAY_TTL_S, pairs_))
     lvl = table.column("error_level")
     has_err = pc.fill_null(pc.not_equal(lvl, ""), False)
     if pc.any(has_err).as_py():
-        errs = pa.table({"app": t.column("app"), "minute": t.column("minute"), "lvl": lvl}).filter(has_err)
-        for r in sorted(errs.group_by(["app", "minute", "lvl"]).aggregate([([], "count_all")]).to_pylist(),
+        errs = pa.table({"app": t.column("app"), "minute": t.column("minute"), "lvl": lvl,
+                         "idx": t.column("idx")}).filter(has_err)
+        for r in sorted(errs.group_by(["app", "minute", "lvl"], use_threads=False)
+                        .aggregate([("idx", "list")]).to_pylist(),
                         key=lambda r: (r["app"], r["minute"], r["lvl"])):
-            ops.append(("H", live_key(prefix, r["app"], "errors", r["minute"]), MINUTE_TTL_S,
-                        [r["lvl"], str(r["count_all"])]))
+            ops.append(("C", live_key(prefix, r["app"], "errors", r["minute"]), MINUTE_TTL_S,
+                        [r["lvl"], *map(str, r["idx_list"])]))
     return ops
 
 
+def dead_letter_id(r: Record) -> str:
+    """What identifies a dead letter across a worker's replays: the raw record's Kafka position
+    (plus stage and reason) when known, else its ``message_id`` (plus stage and reason); ``""``
+    when neither is known (never deduplicated). ``failed_at`` is not part of it: a replay sets it anew.
+    """
+    topic, offset = r.get("source_topic"), r.get("source_offset")
+    if topic and offset is not None:
+        return f"src:{topic}/{r.get('source_partition')}/{offset}/{r.get('stage') or ''}/{r.get('reason') or ''}"
+    mid = r.get("message_id") or ""
+    if mid:
+        return f"id:{mid}/{r.get('stage') or ''}/{r.get('reason') or ''}"
+    return ""
+
+
 def _plan_invalid(records: Sequence[Record], prefix: str) -> list[Op]:
-    counts: dict[tuple[str, int, str], int] = defaultdict(int)
-    for r in records:
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
         app = r.get("app_id") or ""
-        if not app:
-            continue
-        minute = int(r.get("failed_at") or 0) // 60_000 * 60
-        counts[(app, minute, r.get("reason") or "")] += 1
-    return [
-        ("H", live_key(prefix, app, "invalid", minute), MINUTE_TTL_S, [reason, str(n)])
-        for (app, minute, reason), n in sorted(counts.items())
-    ]
+        if app:
+            # bucketed by the collector's receipt, which a replay keeps (failed_at it does not)
+            received = int(r.get("received_at") or r.get("failed_at") or 0)
+            groups[(app, _day(received))].append(i)
+    ops: list[Op] = []
+    counts: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+    n = 0
+    for (app, day), rows in sorted(groups.items()):
+        ids = []
+        for i in rows:
+            n += 1
+            r = records[i]
+            ids.append(dead_letter_id(r))
+            minute = int(r.get("failed_at") or 0) // 60_000 * 60
+            counts[(app, minute, r.get("reason") or "")].append(str(n))
+        ops.append(("S", live_key(prefix, app, "seen-invalid", day), SEEN_TTL_S, ids))
+    ops.extend(
+        ("C", live_key(prefix, app, "invalid", minute), MINUTE_TTL_S, [reason, *refs])
+        for (app, minute, reason), refs in sorted(counts.items())
+    )
+    return ops
 
 
 def _chunks(op: str, key: str, ttl: int, members: list[str]) -> list[Op]:

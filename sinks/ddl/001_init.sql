@@ -74,7 +74,10 @@ CREATE TABLE IF NOT EXISTS {db}.{t:events} {on_cluster}
     retention_months   UInt16 DEFAULT 24,
     _topic             LowCardinality(String),
     _partition         UInt32,
-    _offset            UInt64
+    _offset            UInt64,
+    -- the sink looks up already stored message_ids before inserting (a restarted pipeline worker
+    -- may re-emit events at new offsets): this index makes that lookup skip most granules
+    INDEX idx_message_id message_id TYPE bloom_filter(0.001) GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree(processed_at)
 PARTITION BY toYYYYMM(event_time)
@@ -132,7 +135,10 @@ CREATE TABLE IF NOT EXISTS {db}.{t:invalid_events} {on_cluster}
     source_offset    Nullable(Int64),
     _topic           LowCardinality(String),
     _partition       UInt32,
-    _offset          UInt64
+    _offset          UInt64,
+    -- for the sink's pre-insert lookup of already stored dead letters (see events)
+    INDEX idx_message_id message_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_source_offset source_offset TYPE minmax GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(failed_at)

@@ -17,20 +17,23 @@ def ev(user, event="open", t=T0, **kw):
 
 
 def test_events_are_aggregated_into_few_operations():
-    recs = [ev("u1"), ev("u1"), ev("u2", "buy", revenue_usd=1.5, revenue_in_range=True),
-            ev("u3", "buy", revenue_usd=99999.0, revenue_in_range=False),
-            ev("u2", "error", error_level="Error", t=T0 + 1000)]
+    recs = [ev("u1", message_id="m1"), ev("u1", message_id="m2"),
+            ev("u2", "buy", revenue_usd=1.5, revenue_in_range=True, message_id="m3"),
+            ev("u3", "buy", revenue_usd=99999.0, revenue_in_range=False, message_id="m4"),
+            ev("u2", "error", error_level="Error", t=T0 + 1000, message_id="m5")]
     ops = plan(recs, "events", "p:", online_window_s=300)
+    # the ids first (per app and day, numbered 1.. in that order), then counters refer to them
+    assert ops[0] == ("S", "p:live:a:seen:20261001", 3 * 86400 + 6 * 3600, ["m1", "m2", "m3", "m4", "m5"])
     by_key = {}
     for op, key, _ttl, args in ops:
         by_key.setdefault((op, key), []).append(args)
     epm = live_key("p:", "a", "epm", MIN)
-    assert sorted(by_key[("H", epm)]) == [["buy", "2"], ["error", "1"], ["open", "2"]]
+    assert sorted(by_key[("C", epm)]) == [["buy", "3", "4"], ["error", "5"], ["open", "1", "2"]]
     assert by_key[("P", "p:live:a:dau:users:20261001")] == [["u1", "u2", "u3"]]
     assert by_key[("P", "p:live:a:dau:devices:20261001")] == [["d-u1", "d-u2", "d-u3"]]
     # revenue in micro-USD, out-of-range amounts excluded
-    assert by_key[("I", "p:live:a:revenue_usd:20261001")] == [["1500000"]]
-    assert by_key[("H", live_key("p:", "a", "errors", MIN))] == [["Error", "1"]]
+    assert by_key[("J", "p:live:a:revenue_usd:20261001")] == [["3", "1500000"]]
+    assert by_key[("C", live_key("p:", "a", "errors", MIN))] == [["Error", "5"]]
     # online: the latest time per user, then old members trimmed
     z = by_key[("Z", "p:live:a:online")][0]
     assert dict(zip(z[1::2], z[0::2], strict=True)) == {"u1": str(T0), "u2": str(T0 + 1000), "u3": str(T0)}
@@ -38,8 +41,14 @@ def test_events_are_aggregated_into_few_operations():
 
 
 def test_invalid_records_count_reasons_and_other_kinds_nothing():
-    recs = [{"app_id": "a", "reason": "bad", "failed_at": T0}, {"app_id": "", "reason": "x", "failed_at": T0}]
-    assert plan(recs, "invalid", "p:") == [("H", live_key("p:", "a", "invalid", MIN), 7200, ["bad", "1"])]
+    recs = [{"app_id": "a", "reason": "bad", "failed_at": T0}, {"app_id": "", "reason": "x", "failed_at": T0},
+            {"app_id": "a", "reason": "bad", "stage": "validate", "failed_at": T0 + 5, "message_id": "m1"},
+            {"app_id": "a", "reason": "bad", "stage": "validate", "failed_at": T0, "message_id": "m1",
+             "source_topic": "raw", "source_partition": 2, "source_offset": 40}]
+    assert plan(recs, "invalid", "p:") == [
+        ("S", "p:live:a:seen-invalid:20261001", 3 * 86400 + 6 * 3600, ["", "id:m1/validate/bad", "src:raw/2/40/validate/bad"]),
+        ("C", live_key("p:", "a", "invalid", MIN), 7200, ["bad", "1", "2", "3"]),
+    ]
     assert plan([{"app_id": "a"}], "sessions", "p:") == []
 
 
@@ -71,6 +80,7 @@ def test_arrow_plan_equals_the_record_plan():
             "type": rnd.choice(["track", "screen"]), "event_time": T0 + rnd.randrange(-200_000, 200_000),
             "revenue_usd": rnd.choice([None, 1.234567, -2.5, 0.1]), "revenue_in_range": rnd.random() > 0.1,
             "error_level": rnd.choice([None, None, "Error", "Warning"]),
+            "message_id": rnd.choice([f"m{rnd.randrange(200)}", ""]),
         })
     table = pa.Table.from_pylist(recs).set_column(
         5, "event_time", pa.array([r["event_time"] for r in recs], pa.timestamp("ms", tz="UTC")))

@@ -1,0 +1,67 @@
+"""The ClickHouse sink's pre-insert filter of events and dead letters already stored (fake client)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from sinks.clickhouse import drop_stored_dead_letters, drop_stored_events
+
+
+class FakeClient:
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.queries: list[tuple[str, dict[str, Any]]] = []
+
+    def query(self, sql: str, parameters: dict[str, Any], settings: Any = None) -> Any:
+        self.queries.append((sql, parameters))
+        return type("R", (), {"result_rows": self.rows})()
+
+
+def _events(mids: list[str], apps: list[str] | None = None) -> pa.Table:
+    n = len(mids)
+    return pa.table({
+        "app_id": apps or ["a"] * n, "message_id": mids,
+        "event_time": pa.array([1_790_856_000_000 + i for i in range(n)], pa.timestamp("ms", tz="UTC")),
+        "_offset": list(range(n)),
+    })
+
+
+def test_events_already_stored_or_repeated_in_the_batch_are_dropped():
+    client = FakeClient([("a", "m2")])
+    data = _events(["m1", "m2", "m1", "", "", "m3"], ["a", "a", "a", "a", "a", "b"])
+    out = drop_stored_events(client, "events", data)
+    # m1 kept once (the first), m2 stored already, empty ids always kept, m3 of app b kept
+    assert out.column("_offset").to_pylist() == [0, 3, 4, 5]
+    (sql, params), = client.queries
+    assert "event_date IN" in sql and "message_id IN" in sql
+    assert params["apps"] == ("a", "b") and params["ids"] == '["m1","m2","m3"]'
+    assert [str(d) for d in params["dates"]] == ["2026-10-01"]
+
+
+def test_a_same_message_id_in_another_app_is_not_a_duplicate():
+    out = drop_stored_events(FakeClient([("b", "m1")]), "events", _events(["m1"]))
+    assert out.num_rows == 1
+
+
+def test_a_batch_of_empty_ids_needs_no_lookup():
+    client = FakeClient([])
+    assert drop_stored_events(client, "events", _events(["", ""])).num_rows == 2
+    assert client.queries == []
+
+
+def test_dead_letters_are_identified_by_position_else_id_never_by_nothing():
+    ts = pa.array([1_790_856_000_000] * 5, pa.timestamp("ms", tz="UTC"))
+    data = pa.table({
+        "app_id": ["a"] * 5, "message_id": ["x1", "x1", "", "", "x2"], "stage": ["validate"] * 5,
+        "reason": ["bad", "bad", "undecodable", "undecodable", "bad"],
+        "source_topic": [None, None, "raw", None, "raw"], "source_partition": [None, None, 1, None, 0],
+        "source_offset": [None, None, 7, None, 9], "failed_at": ts, "_offset": list(range(5)),
+    })
+    # stored already: the one at raw/0/9 (its failed_at differs: a replay sets it anew)
+    client = FakeClient([("a", "x2", "validate", "bad", "raw", 0, 9)])
+    out = drop_stored_dead_letters(client, "invalid_events", data)
+    assert out.column("_offset").to_pylist() == [0, 2, 3]
+    (_, params), = client.queries
+    assert [str(params["lo"]), str(params["hi"])] == ["2026-09-30", "2026-10-01"]
