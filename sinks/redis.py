@@ -9,8 +9,8 @@ Keys (``P`` = ``RedisSettings.redis_key_prefix``, ``A`` = app id, minutes and da
     P live:A:revenue_usd:<YYYYMMDD>     int   in-range revenue that day, micro-USD     TTL 3 d
     P live:A:errors:<minute epoch s>    hash  error level -> error events              TTL 2 h
     P live:A:invalid:<minute epoch s>   hash  dead-letter reason -> count              TTL 2 h
-    P live:A:seen:<YYYYMMDD>            set   message ids of the events applied        TTL 3 d 6 h
-    P live:A:seen-invalid:<YYYYMMDD>    set   identities of the dead letters applied   TTL 3 d 6 h
+    P live:A:seen:<YYYYMMDD>            set   message ids of the events applied        TTL 6 h
+    P live:A:seen-invalid:<YYYYMMDD>    set   identities of the dead letters applied   TTL 6 h
     P sink:offsets:<group>              hash  "topic/partition" -> last applied offset
 
 Buckets follow the event's time. :func:`plan` aggregates a batch into few operations (one HINCRBY
@@ -38,7 +38,9 @@ from sinks.exceptions import StorageUnavailable
 MINUTE_TTL_S = 2 * 3600
 DAY_TTL_S = 3 * 86400
 #: the per-app, per-day sets of applied event ids outlive the longest counter TTL by 6 h
-SEEN_TTL_S = DAY_TTL_S + 6 * 3600
+#: replays after a worker crash arrive within minutes of the original; 6 h after a set's last write
+#: is ample and keeps about one day of ids resident (see docs/storage.md)
+SEEN_TTL_S = 6 * 3600
 CHUNK = 1000
 Op = tuple[str, str, int, list[str]]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sinks.base import Batch
-from sinks.redis import live_key, plan, script_args
+from sinks.redis import SEEN_TTL_S, live_key, plan, script_args
 
 T0 = int(datetime(2026, 10, 1, 12, 0, 30, tzinfo=UTC).timestamp() * 1000)
 MIN = T0 // 60_000 * 60
@@ -23,7 +23,7 @@ def test_events_are_aggregated_into_few_operations():
             ev("u2", "error", error_level="Error", t=T0 + 1000, message_id="m5")]
     ops = plan(recs, "events", "p:", online_window_s=300)
     # the ids first (per app and day, numbered 1.. in that order), then counters refer to them
-    assert ops[0] == ("S", "p:live:a:seen:20261001", 3 * 86400 + 6 * 3600, ["m1", "m2", "m3", "m4", "m5"])
+    assert ops[0] == ("S", "p:live:a:seen:20261001", SEEN_TTL_S, ["m1", "m2", "m3", "m4", "m5"])
     by_key = {}
     for op, key, _ttl, args in ops:
         by_key.setdefault((op, key), []).append(args)
@@ -46,7 +46,7 @@ def test_invalid_records_count_reasons_and_other_kinds_nothing():
             {"app_id": "a", "reason": "bad", "stage": "validate", "failed_at": T0, "message_id": "m1",
              "source_topic": "raw", "source_partition": 2, "source_offset": 40}]
     assert plan(recs, "invalid", "p:") == [
-        ("S", "p:live:a:seen-invalid:20261001", 3 * 86400 + 6 * 3600, ["", "id:m1/validate/bad", "src:raw/2/40/validate/bad"]),
+        ("S", "p:live:a:seen-invalid:20261001", SEEN_TTL_S, ["", "id:m1/validate/bad", "src:raw/2/40/validate/bad"]),
         ("C", live_key("p:", "a", "invalid", MIN), 7200, ["bad", "1", "2", "3"]),
     ]
     assert plan([{"app_id": "a"}], "sessions", "p:") == []
