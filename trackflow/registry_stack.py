@@ -21,11 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import warnings
 from pathlib import Path
 
 from trackflow.exceptions import StackError
-from trackflow.stack import CACHE_DIR, SCRIPTS, StackPaths, port_open, read_pid, start_process, wait_until
+from trackflow.stack import CACHE_DIR, SCRIPTS, StackPaths, already_running, start_process, wait_started
 
 REGISTRY_VERSION = os.environ.get("TRACKFLOW_REGISTRY_VERSION", "3.0.9")
 REGISTRY_HOME = CACHE_DIR / "registry" / REGISTRY_VERSION
@@ -85,31 +84,16 @@ def registry_command(paths: StackPaths, port: int, java: str, runner: Path) -> l
 def start_registry(paths: StackPaths, port: int) -> str:
     """Start the schema registry on 127.0.0.1:``port`` if it is not running. Returns what was done."""
     url = registry_url(port)
-    pidfile = paths.pidfile("registry")
-    if read_pid(pidfile) is not None and registry_healthy(url):
-        return "already running"
-    if read_pid(pidfile) is None and port_open("127.0.0.1", port):
-        if registry_healthy(url):
-            return "already running (not managed by this stack)"
-        raise StackError(f"port {port} is taken by something that is not a schema registry",
-                         service="registry")
+    done = already_running("registry", paths, port, lambda: registry_healthy(url), "a schema registry")
+    if done:
+        return done
     runner = ensure_registry_installed()
     java = shutil.which("java")
     if not java:
         raise StackError("java not found: install a JDK 17+ (apt-get install default-jre-headless)",
                          service="registry")
     (paths.root / "registry").mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # the Popen object of the detached process is dropped while it runs, on purpose
-        warnings.simplefilter("ignore", ResourceWarning)
-        start_process(registry_command(paths, port, java, runner), pidfile=pidfile,
-                      logfile=paths.logfile("registry"), cwd=runner.parent)
-
-    def up() -> bool:
-        if read_pid(pidfile) is None:
-            raise StackError(f"the schema registry exited at start; see {paths.logfile('registry')}",
-                             service="registry")
-        return registry_healthy(url, timeout=1.0)
-
-    wait_until(up, timeout=120, what="GET /subjects", service="registry", interval=0.5)
-    return "started"
+    start_process(registry_command(paths, port, java, runner), pidfile=paths.pidfile("registry"),
+                  logfile=paths.logfile("registry"), cwd=runner.parent)
+    return wait_started("registry", paths, lambda: registry_healthy(url, timeout=1.0), timeout=120,
+                        what="GET /subjects", interval=0.5)

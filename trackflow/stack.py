@@ -158,6 +158,35 @@ def wait_until(check: Any, *, timeout: float, what: str, service: str, interval:
     raise StackError(f"{service}: {what} not reached within {timeout:.0f}s", service=service)
 
 
+def already_running(name: str, paths: StackPaths, port: int, healthy: Any, what: str) -> str | None:
+    """What to report if service ``name`` needs no start: ours and healthy, or someone else's.
+
+    Raises StackError if the port is taken by something that does not answer like the service.
+    """
+    pidfile = paths.pidfile(name)
+    if read_pid(pidfile) is not None and healthy():
+        return "already running"
+    if read_pid(pidfile) is None and port_open("127.0.0.1", port):
+        if healthy():
+            return "already running (not managed by this stack)"
+        raise StackError(f"port {port} is taken by something that is not {what}", service=name)
+    return None
+
+
+def wait_started(name: str, paths: StackPaths, healthy: Any, *, timeout: float, what: str,
+                 interval: float = 0.25) -> str:
+    """Wait until a just-started service answers; fail fast, naming its log, if it exits."""
+    pidfile = paths.pidfile(name)
+
+    def up() -> bool:
+        if read_pid(pidfile) is None:
+            raise StackError(f"{name} exited at start; see {paths.logfile(name)}", service=name)
+        return bool(healthy())
+
+    wait_until(up, timeout=timeout, what=what, service=name, interval=interval)
+    return "started"
+
+
 # -- installation ---------------------------------------------------------------------------
 
 
@@ -251,13 +280,9 @@ def start_kafka(paths: StackPaths, s: StackSettings) -> str:
     """Start the broker if it is not running. Returns what was done."""
     bootstrap = f"127.0.0.1:{s.stack_kafka_port}"
     pidfile = paths.pidfile("kafka")
-    if read_pid(pidfile) is not None and kafka_healthy(bootstrap):
-        return "already running"
-    if read_pid(pidfile) is None and port_open("127.0.0.1", s.stack_kafka_port):
-        if kafka_healthy(bootstrap):
-            return "already running (not managed by this stack)"
-        raise StackError(f"port {s.stack_kafka_port} is taken by something that is not Kafka",
-                         service="kafka")
+    done = already_running("kafka", paths, s.stack_kafka_port, lambda: kafka_healthy(bootstrap), "Kafka")
+    if done:
+        return done
     libs = ensure_kafka_installed()
     java = shutil.which("java")
     if not java:
@@ -280,14 +305,8 @@ def start_kafka(paths: StackPaths, s: StackSettings) -> str:
         if res.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {res.stderr[-2000:]}", service="kafka")
     start_process([*jvm, "kafka.Kafka", str(props)], pidfile=pidfile, logfile=paths.logfile("kafka"))
-
-    def up() -> bool:
-        if read_pid(pidfile) is None:
-            raise StackError(f"Kafka exited at start; see {paths.logfile('kafka')}", service="kafka")
-        return kafka_healthy(bootstrap, timeout=1.0)
-
-    wait_until(up, timeout=90, what="metadata answer", service="kafka")
-    return "started"
+    return wait_started("kafka", paths, lambda: kafka_healthy(bootstrap, timeout=1.0), timeout=90,
+                        what="metadata answer")
 
 
 # -- Redis --------------------------------------------------------------------------------
@@ -304,29 +323,17 @@ def redis_healthy(url: str, timeout: float = 1.0) -> bool:
 
 def start_redis(paths: StackPaths, s: StackSettings) -> str:
     url = f"redis://127.0.0.1:{s.stack_redis_port}/0"
-    pidfile = paths.pidfile("redis")
-    if read_pid(pidfile) is not None and redis_healthy(url):
-        return "already running"
-    if read_pid(pidfile) is None and port_open("127.0.0.1", s.stack_redis_port):
-        if redis_healthy(url):
-            return "already running (not managed by this stack)"
-        raise StackError(f"port {s.stack_redis_port} is taken by something that is not Redis",
-                         service="redis")
+    done = already_running("redis", paths, s.stack_redis_port, lambda: redis_healthy(url), "Redis")
+    if done:
+        return done
     server = ensure_redis_installed()
     rdir = paths.root / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
     cmd = [server, "--port", str(s.stack_redis_port), "--bind", "127.0.0.1", "--dir", str(rdir),
            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
            "--protected-mode", "yes", "--maxmemory-policy", "noeviction"]
-    start_process(cmd, pidfile=pidfile, logfile=paths.logfile("redis"))
-
-    def up() -> bool:
-        if read_pid(pidfile) is None:
-            raise StackError(f"redis-server exited at start; see {paths.logfile('redis')}", service="redis")
-        return redis_healthy(url)
-
-    wait_until(up, timeout=30, what="PING", service="redis")
-    return "started"
+    start_process(cmd, pidfile=paths.pidfile("redis"), logfile=paths.logfile("redis"))
+    return wait_started("redis", paths, lambda: redis_healthy(url), timeout=30, what="PING")
 
 
 # -- topics -------------------------------------------------------------------------------
