@@ -82,6 +82,10 @@ def _from_local_stack() -> Services:
     paths = StackPaths.from_settings(core)
     start_kafka(paths, s)
     start_redis(paths, s)
+    if s.stack_registry:  # `trackflow stack status` reports it, so the stack tests need it up
+        from trackflow.registry_stack import start_registry
+
+        start_registry(paths, s.stack_registry_port)
     return Services(
         f"127.0.0.1:{s.stack_kafka_port}", f"redis://127.0.0.1:{s.stack_redis_port}/0", None, "local-stack"
     )
