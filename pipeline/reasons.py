@@ -28,7 +28,7 @@ class Reason(StrEnum):
     """Neither ``anonymous_id`` nor ``user_id`` is set."""
 
     INVALID_JSON = "invalid_json"
-    """``properties``, ``traits`` or ``context`` is not a JSON object."""
+    """``properties``, ``traits`` or ``context`` is not a JSON object, or is nested more than 32 levels deep."""
 
     MISSING_EVENT_NAME = "missing_event_name"
     """A track event without an event name."""

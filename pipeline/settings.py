@@ -39,6 +39,8 @@ class PipelineSettings(BaseSettings):
         session_timeout_s: Kafka group session timeout of the worker: how soon a crashed worker's
             partitions move to the others (Faust's default is 60 s).
         metrics_port: serve Prometheus counters on this port (0: off).
+        stall_s: a raw partition with unread records and no progress for this long is re-read
+            from its committed offset (0: never).
     """
 
     model_config = _config("TRACKFLOW_PIPELINE_")
@@ -70,6 +72,7 @@ class PipelineSettings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
     session_timeout_s: float = Field(default=10.0, ge=6.0)
     metrics_port: int = 0
+    stall_s: float = Field(default=30.0, ge=0)
 
 
 class FxSettings(BaseSettings):

@@ -172,18 +172,25 @@ def check_event_name(name: str | None, fld: str = "event") -> None:
         raise reject(Reason.INVALID_EVENT_NAME, f"{fld} {name[:50]!r} must not contain spaces", fld)
 
 
-def check_lengths(obj: Any, path: str, limit: int) -> None:
-    """Reject any string value longer than ``limit`` anywhere in ``obj``."""
+#: deepest nesting of objects and lists accepted in properties, traits and context
+MAX_DEPTH = 32
+
+
+def check_lengths(obj: Any, path: str, limit: int, depth: int = 0) -> None:
+    """Reject any string value longer than ``limit``, or nesting deeper than :data:`MAX_DEPTH`, in ``obj``."""
     if isinstance(obj, str):
         if len(obj) > limit:
             raise reject(Reason.VALUE_TOO_LONG, f"{path} has {len(obj)} characters (limit {limit})", path)
-    elif isinstance(obj, dict):
+        return
+    if depth >= MAX_DEPTH:
+        raise reject(Reason.INVALID_JSON, f"{path} is nested more than {MAX_DEPTH} levels deep", path)
+    if isinstance(obj, dict):
         for k, v in obj.items():
             if not isinstance(v, (int, float, bool)) and v is not None:
-                check_lengths(v, f"{path}.{k}", limit)
+                check_lengths(v, f"{path}.{k}", limit, depth + 1)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            check_lengths(v, f"{path}[{i}]", limit)
+            check_lengths(v, f"{path}[{i}]", limit, depth + 1)
 
 
 def _require(props: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
@@ -215,6 +222,8 @@ def validate(raw: dict[str, Any], settings: PipelineSettings) -> Parsed:
         check_lengths(props, "properties", limit)
     if traits:
         check_lengths(traits, "traits", limit)
+    if context:
+        check_lengths(context, "context", 1 << 30)  # nesting only: context is the SDK's own
 
     # timestamps
     received = int(raw["received_at"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from pipeline.exceptions import RejectedEvent
@@ -161,6 +162,18 @@ def test_envelope_rules(raw):
     assert rejected(raw(anonymous_id=None, user_id=None)).reason is Reason.MISSING_IDENTITY
     assert rejected(raw(properties="{not json")).reason is Reason.INVALID_JSON
     assert rejected(raw(context="[1, 2]")).field == "context"
+
+
+@pytest.mark.parametrize("field", ["properties", "traits", "context"])
+def test_nesting_deeper_than_32_levels_is_rejected_with_the_path(raw, field):
+    deep: dict = {"leaf": 1}
+    for _ in range(31):
+        deep = {"a": deep}
+    validate(raw(**{field: orjson.dumps(deep).decode()}), S)  # 32 levels: fine
+    text = "[" * 600 + "]" * 600  # beyond orjson's dumps limit (255), below its loads limit
+    rej = rejected(raw(**{field: '{"k": ' + text + "}"}))
+    assert rej.reason is Reason.INVALID_JSON and rej.field.startswith(f"{field}.k")
+    assert "nested more than 32 levels" in str(rej)
 
 
 def test_heartbeats(raw):

@@ -1,0 +1,164 @@
+"""The worker's guards around Faust's offset bookkeeping, on plain stand-ins (no broker).
+
+- the raw topic's commit point never passes an offset no agent acknowledged (gap or head hole);
+- the stall watchdog reports a partition with unread records and no progress, and only that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+from pipeline.worker import StallWatchdog, _guard_offsets
+
+RAW = "tf.events.raw"
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class FakeConsumer:
+    """The attributes of faust's Consumer that the guards read and replace."""
+
+    def __init__(self) -> None:
+        self._acked: dict[Any, list[int]] = defaultdict(list)
+        self._acked_index: dict[Any, set[int]] = defaultdict(set)
+        self._committed_offset: dict[Any, int | None] = {}
+        self.gaps: list[tuple[Any, int, int]] = []
+        self.highwaters: dict[Any, int] = {}
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        self.gaps.append((tp, offset_from, offset_to))
+
+    def _new_offset(self, tp: Any) -> int | None:
+        return -999  # marks "Faust's own computation was used"
+
+    def ack(self, tp: Any, *offsets: int) -> None:
+        for o in offsets:
+            self._acked[tp].append(o)
+            self._acked_index[tp].add(o)
+
+    def assignment(self) -> set[Any]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: Any) -> int:
+        return self.highwaters[tp]
+
+
+def guarded() -> FakeConsumer:
+    c = FakeConsumer()
+    _guard_offsets(c, RAW)
+    return c
+
+
+def test_a_contiguous_run_from_the_committed_offset_commits_to_its_end() -> None:
+    c, tp = guarded(), TP(RAW, 0)
+    c._committed_offset[tp] = 10
+    c.ack(tp, 12, 10, 11, 13)
+    assert c._new_offset(tp) == 14
+    assert c._acked[tp] == [] and c._acked_index[tp] == set()
+
+
+def test_a_hole_at_the_committed_offset_blocks_the_commit() -> None:
+    c, tp = guarded(), TP(RAW, 0)
+    c._committed_offset[tp] = 37
+    c.ack(tp, 38, 39)  # record 37 was never acknowledged: Faust itself would commit 40 here
+    assert c._new_offset(tp) is None
+    assert c._acked[tp] == [38, 39]
+    c.ack(tp, 37)
+    assert c._new_offset(tp) == 40
+
+
+def test_committed_offset_zero_is_not_treated_as_unknown() -> None:
+    c, tp = guarded(), TP(RAW, 1)
+    c._committed_offset[tp] = 0
+    c.ack(tp, 5, 6)
+    assert c._new_offset(tp) is None
+
+
+def test_a_hole_in_the_middle_commits_only_up_to_it() -> None:
+    c, tp = guarded(), TP(RAW, 0)
+    c._committed_offset[tp] = 0
+    c.ack(tp, 0, 1, 2, 5, 6)
+    assert c._new_offset(tp) == 3
+    assert c._acked[tp] == [5, 6]
+
+
+def test_re_acknowledged_offsets_below_the_commit_are_dropped() -> None:
+    c, tp = guarded(), TP(RAW, 0)
+    c._committed_offset[tp] = 20
+    c.ack(tp, 18, 19, 20, 21)  # re-read after a seek back
+    assert c._new_offset(tp) == 22
+
+
+def test_other_topics_keep_fausts_own_rules() -> None:
+    c, tp = guarded(), TP("changelog", 0)
+    c._committed_offset[tp] = 3
+    c.ack(tp, 9)
+    assert c._new_offset(tp) == -999
+    asyncio.run(c._add_gap(tp, 4, 8))
+    assert c.gaps == [(tp, 4, 8)]
+
+
+def test_gaps_on_the_raw_topic_are_not_acknowledged() -> None:
+    c, tp = guarded(), TP(RAW, 2)
+    asyncio.run(c._add_gap(tp, 4, 8))
+    assert c.gaps == []
+
+
+class FakeApp:
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+        self.rebalancing = False
+
+
+def test_committed_offset_none_means_zero() -> None:
+    c, tp = guarded(), TP(RAW, 3)
+    c._committed_offset[tp] = None  # how Faust keeps a committed offset of 0
+    c.ack(tp, 1, 2)
+    assert c._new_offset(tp) is None
+    c.ack(tp, 0)
+    assert c._new_offset(tp) == 3
+
+
+def test_watchdog_reports_partitions_whose_commit_is_stuck_below_the_records(monkeypatch: Any) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+    c = FakeConsumer()
+    stuck, busy, idle = TP(RAW, 0), TP(RAW, 1), TP(RAW, 2)
+    c.highwaters = {stuck: 100, busy: 100, idle: 50, TP("other", 0): 10}
+    c._committed_offset = {stuck: 40, busy: 40, idle: 50, TP("other", 0): 0}
+    app, dog = FakeApp(c), StallWatchdog(30)
+    assert dog.check(app, RAW) == set()
+    clock[0] += 20
+    c._committed_offset[busy] = 70  # progress
+    assert dog.check(app, RAW) == set()
+    clock[0] += 15
+    c._committed_offset[busy] = 80
+    assert dog.check(app, RAW) == {0}  # 35 s without a commit, 60 records above it
+    app.rebalancing = True
+    assert dog.check(app, RAW) == set()  # never during a rebalance; the clock restarts
+    app.rebalancing = False
+    assert dog.check(app, RAW) == set()
+    c._committed_offset[stuck] = c._committed_offset[busy] = 100  # caught up: never stalled
+    clock[0] += 100
+    assert dog.check(app, RAW) == set()
+    clock[0] += 100
+    assert dog.check(app, RAW) == set()
+
+
+def test_watchdog_treats_an_unknown_commit_as_zero(monkeypatch: Any) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+    c = FakeConsumer()
+    tp = TP(RAW, 0)
+    c.highwaters = {tp: 0}
+    dog = StallWatchdog(5)
+    assert dog.check(FakeApp(c), RAW) == set()  # empty partition
+    c.highwaters[tp] = 12
+    assert dog.check(FakeApp(c), RAW) == set()
+    clock[0] += 6
+    assert dog.check(FakeApp(c), RAW) == {0}
