@@ -7,8 +7,9 @@ Two rules, both windows configurable (:class:`~pipeline.settings.PipelineSetting
   ``[expires_at_ms, partition, offset]``; an expired entry counts as absent and is swept.
 - **content** (AppsFlyer's rule): an identical event - same app, device, type, name, session,
   heartbeat offset and canonical (key-sorted) properties and traits - within ``content_window_s``
-  (10 s, measured on the skew-corrected event time) is a duplicate. State: a small map
-  ``{digest: [event_time_ms, partition, offset]}`` inside the device's state, pruned as it is
+  (10 s, measured on the device's own timestamps when it sends them, else on the event time; see
+  :func:`content_clock`) is a duplicate. State: a small map
+  ``{digest: [time_ms, partition, offset]}`` inside the device's state, pruned as it is
   written. Sources in ``content_dedupe_exempt_sources`` (server-to-server) skip this rule.
 
 Replays: both entries remember the Kafka position (partition, offset) of the event that created
@@ -63,6 +64,17 @@ def content_digest(
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.blake2b(body, digest_size=10).hexdigest()
+
+
+def content_clock(ev: Any) -> int:
+    """The time the content rule measures its window on: the device's own clock when it sent one.
+
+    Two events of one device compare best on that device's timestamps: its clock skew cancels
+    out, and so does the request's. The skew-corrected event time moves with the request's
+    ``received_at``: a batch retried 20 s later (same body, same ``sentAt``) would shift by 20 s
+    and let a duplicate through. Without a client timestamp, the event time.
+    """
+    return int(ev.client_time) if ev.client_time is not None else int(ev.event_time)
 
 
 def check_content(

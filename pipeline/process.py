@@ -9,7 +9,8 @@ enriched event, a counted duplicate or a dead letter.
 State goes through the :class:`StateStore` protocol - two mapping-like stores:
 
 - device state, key ``app_id:device``: identity, attribution, current session, recent content
-  digests, and the Kafka position of the last event applied (``p``/``o``, for replay detection);
+  digests, and the Kafka position of the last event applied (``p``/``o``: a record at or before
+  it is a replay, and produces nothing, see :data:`REPLAYED`);
 - message-id entries, key ``app_id:message_id``: ``[expires_at_ms, partition, offset]``.
 
 The worker backs them with Faust tables (RocksDB + compacted changelogs); tests use
@@ -90,6 +91,9 @@ class Result:
     seen_expires: int | None = None
     clock: int = 0  # received_at of the event: the clock of the message-id window
 
+
+#: outcome of a record whose effects the stored state already holds (nothing produced)
+REPLAYED = "replayed"
 
 _ENRICHED_DEFAULTS: Record = defaults("enriched_event")
 _NO_PRIVACY = Privacy()
@@ -282,21 +286,26 @@ class Processor:
         dkey = f"{app_id}:{ev.device_id}"
         loaded = self.state.get_device(dkey)
         state: dict[str, Any] = loaded if loaded is not None else {}
-        replay = pos != NO_POSITION and state.get("p") == pos[0] and int(state.get("o", -1)) >= pos[1]
-        if replay:  # recompute the outputs on a copy; the stored state already reflects this event
-            state = orjson.loads(orjson.dumps(state))
+        mkey = dedupe.message_key(app_id, raw["message_id"])
+        seen = self.state.get_seen(mkey)
+        if pos != NO_POSITION and (
+            (state.get("p") == pos[0] and int(state.get("o", -1)) >= pos[1])
+            or (seen is not None and seen[1] == pos[0] and seen[2] == pos[1])
+        ):
+            # a replay (restart, rebalance, re-seek) of a record the stored state already
+            # reflects: the worker persists state only after the outputs of every event it
+            # covers were acknowledged, so this record's outputs exist; produce nothing
+            self.counters["replayed"] += 1
+            return Result(outcome=REPLAYED)
 
         # dedupe: message id, then content
-        mkey = dedupe.message_key(app_id, raw["message_id"])
-        reason, entry = dedupe.check_message_id(
-            self.state.get_seen(mkey), int(raw["received_at"]), pos, self._mid_window
-        )
+        reason, entry = dedupe.check_message_id(seen, int(raw["received_at"]), pos, self._mid_window)
         if reason is not None:
             return self._duplicate(raw, reason, pos, topic, now)
         if self._content_window and raw.get("source") not in s.content_dedupe_exempt_sources:
             digest = dedupe.content_digest(raw, ev.device_id, ev.properties, ev.traits)
             recent = state.setdefault("c", {})
-            reason = dedupe.check_content(recent, digest, ev.event_time, pos, self._content_window)
+            reason = dedupe.check_content(recent, digest, dedupe.content_clock(ev), pos, self._content_window)
             if reason is not None:
                 return self._duplicate(raw, reason, pos, topic, now)
 
@@ -392,15 +401,12 @@ class Processor:
             res.sessions.append((f"{app_id}:{srec['session_id']}", srec))
         self.counters["enriched"] += 1
         self.counters["sessions"] += len(session_records)
-        if not replay:
-            if pos != NO_POSITION:
-                state["p"], state["o"] = pos
-            self.state.put_device(dkey, state)
-            if entry is not None:
-                self.state.put_seen(mkey, entry)
-                res.seen_key, res.seen_expires = mkey, int(entry[0])
-        else:
-            self.counters["replayed"] += 1
+        if pos != NO_POSITION:
+            state["p"], state["o"] = pos
+        self.state.put_device(dkey, state)
+        if entry is not None:
+            self.state.put_seen(mkey, entry)
+            res.seen_key, res.seen_expires = mkey, int(entry[0])
         return res
 
     def close_idle(self, device_key: str, now: int) -> Keyed | None:

@@ -50,12 +50,6 @@ def _record(fault: str, chaos: Chaos, figures: dict[str, Any], **extra: Any) -> 
     assert not figures["problems"], "\n".join(figures["problems"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug: a SIGKILLed worker re-emits its uncommitted outputs at new offsets, which the "
-    "sink's per-offset idempotence does not catch (duplicate rows until merges, inflated Redis "
-    "counters); fix: sink-side dedupe by message_id (see docs/reliability.md)",
-)
 def test_worker_sigkill_then_restart(chaos: Chaos) -> None:
     st = chaos.stream(SINGLE, seed=101)
     st.wait_acked(0.3)
@@ -105,12 +99,6 @@ def test_sink_killed_between_insert_and_commit(chaos: Chaos) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known issue: a request retried across the broker outage keeps its old sentAt, so the "
-    "skew-corrected event time moves by the retry delay and a same-content duplicate can fall out of "
-    "the 10 s window (see docs/reliability.md)",
-)
 def test_kafka_broker_restart(chaos: Chaos) -> None:
     st = chaos.stream(SINGLE, seed=303)
     st.wait_acked(0.3)
@@ -153,11 +141,6 @@ def test_redis_down_10s(chaos: Chaos) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="timing-sensitive: on a loaded 2-core machine the probe's retries can outlast the test's "
-    "deadline (see docs/reliability.md)",
-)
 def test_client_retries_fill_collector_while_kafka_down(chaos: Chaos) -> None:
     """32 clients retry every 0.25 s while the broker is down for 20 s: never a 2xx, memory bounded."""
     st = chaos.stream(SINGLE, seed=505, concurrency=32, max_retry_after_s=0.25)
@@ -192,12 +175,6 @@ def test_client_retries_fill_collector_while_kafka_down(chaos: Chaos) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug: a SIGKILLed worker re-emits its uncommitted outputs at new offsets, which the "
-    "sink's per-offset idempotence does not catch (duplicate rows until merges, inflated Redis "
-    "counters); fix: sink-side dedupe by message_id (see docs/reliability.md)",
-)
 def test_all_faults_together(chaos: Chaos) -> None:
     """Worker and sink SIGKILLed, Redis and the broker down, all at once; then a sink crash mid-commit."""
     st = chaos.stream(CHAOS_EVENTS, seed=606)

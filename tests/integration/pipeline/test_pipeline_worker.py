@@ -140,12 +140,6 @@ def test_exact_outputs_sessions_and_fx(pipe, app):
     assert len(lonely) == 1 and lonely[0]["close_reason"] == "inactivity" and lonely[0]["events"] == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent, open: in one CI run the restarted worker reached the end of every partition "
-    "but some enriched ids never appeared (suspected commit/flush race in the Faust worker; "
-    "see docs/pipeline.md). It passes in most runs; the mark keeps CI from hiding every other result.",
-)
 def test_sigkill_mid_stream_loses_nothing(pipe, app):
     app_id = app[0].app_id
     events = traffic(app_id, 12000, seed=2)
@@ -173,11 +167,6 @@ def test_sigkill_mid_stream_loses_nothing(pipe, app):
     assert {e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")} == set(exp_invalid)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent, open: two workers starting together sometimes stall with records read but not "
-    "processed (see docs/pipeline.md); passes in most runs",
-)
 def test_two_workers_split_partitions_and_match_one(pipe, app):
     from confluent_kafka.admin import AdminClient
 

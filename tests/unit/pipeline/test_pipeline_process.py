@@ -6,6 +6,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.process import REPLAYED
 from pipeline.reasons import Reason
 from schemas import codec
 
@@ -88,6 +89,21 @@ def test_duplicates_dropped_and_counted(proc, raw):
     assert proc.counters["duplicate_message_id"] == 1 and proc.counters["duplicate_content"] == 1
 
 
+def test_content_rule_uses_the_device_clock_so_a_retried_batch_still_matches(proc, raw):
+    sent = str(T0 + 1_000)
+    first = raw(message_id="m1", timestamp=str(T0), sent_at=sent, received_at=T0 + 1_050)
+    assert proc.process(first, pos=(0, 1), now=NOW).outcome == "enriched"
+    # the same content 4 s later on the device, in a batch the client retried for 30 s with its
+    # original sentAt: the skew-corrected times are 34 s apart, the device's 4 s
+    dup = raw(message_id="m2", timestamp=str(T0 + 4_000), sent_at=str(T0 + 4_500), received_at=T0 + 34_550)
+    assert proc.process(dup, pos=(0, 2), now=NOW).outcome == Reason.DUPLICATE_CONTENT
+    # no client timestamp: the event time (received_at) decides
+    p2 = raw(message_id="m3", timestamp=None, sent_at=None, received_at=T0 + 100_000)
+    p3 = raw(message_id="m4", timestamp=None, sent_at=None, received_at=T0 + 111_000)
+    assert proc.process(p2, pos=(0, 3), now=NOW).outcome == "enriched"
+    assert proc.process(p3, pos=(0, 4), now=NOW).outcome == "enriched"
+
+
 def test_s2s_exempt_from_content_rule(proc, raw):
     proc.process(raw(source="appsflyer_s2s"), now=NOW)
     assert proc.process(raw(message_id="m2", source="appsflyer_s2s"), now=NOW).outcome == "enriched"
@@ -107,12 +123,24 @@ def test_dead_letter_duplicates_option(make_proc, raw):
     assert res.invalid[0][1]["reason"] == "duplicate_message_id" and res.invalid[0][1]["stage"] == "dedupe"
 
 
-def test_replay_after_crash_is_reprocessed_without_double_counting(proc, raw):
-    proc.process(raw(), pos=(1, 5), now=NOW)
+def test_replay_after_crash_produces_nothing_and_changes_no_state(proc, raw):
+    assert proc.process(raw(), pos=(1, 5), now=NOW).outcome == "enriched"
+    before = orjson.dumps(proc.state.get_device("a1:dev1"))
     res = proc.process(raw(), pos=(1, 5), now=NOW)  # the same record delivered again
-    assert res.outcome == "enriched" and proc.counters["replayed"] == 1
-    state = proc.state.get_device("a1:dev1")
-    assert state["s"]["n"] == 1
+    assert res.outcome == REPLAYED and not (res.enriched or res.invalid or res.sessions)
+    assert proc.counters["replayed"] == 1 and orjson.dumps(proc.state.get_device("a1:dev1")) == before
+    # an earlier record of the device (its state is past it) and a content duplicate of it
+    later = raw(message_id="m9", timestamp=str(T0 + 60_000))
+    assert proc.process(later, pos=(1, 8), now=NOW).outcome == "enriched"
+    assert proc.process(raw(message_id="m2"), pos=(1, 6), now=NOW).outcome == REPLAYED
+    # the message-id entry alone also identifies the record (state written by another partition's flush)
+    proc.state.put_device("a1:dev1", {})
+    assert proc.process(raw(), pos=(1, 5), now=NOW).outcome == REPLAYED
+    # a new record of the device is processed as usual
+    assert (
+        proc.process(raw(message_id="m10", timestamp=str(T0 + 90_000)), pos=(1, 9), now=NOW).outcome
+        == "enriched"
+    )
 
 
 def test_identity_resolution_in_enriched_events(proc, raw):
