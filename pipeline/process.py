@@ -9,9 +9,9 @@ enriched event, a counted duplicate or a dead letter.
 State goes through the :class:`StateStore` protocol - two mapping-like stores:
 
 - device state, key ``app_id:device``: identity, attribution, current session, recent content
-  digests, and the Kafka position of the last event applied (``p``/``o``: a record at or before
-  it is a replay, and produces nothing, see :data:`REPLAYED`);
-- message-id entries, key ``app_id:message_id``: ``[expires_at_ms, partition, offset]``.
+  digests, and the Kafka position of the last event applied (``p``/``o``);
+- message-id entries, key ``app_id:message_id``: ``[expires_at_ms, partition, offset]``; a record
+  at exactly that position again is a replay and produces nothing (see :data:`REPLAYED`).
 
 The worker backs them with Faust tables (RocksDB + compacted changelogs); tests use
 :class:`DictState`.
@@ -288,13 +288,12 @@ class Processor:
         state: dict[str, Any] = loaded if loaded is not None else {}
         mkey = dedupe.message_key(app_id, raw["message_id"])
         seen = self.state.get_seen(mkey)
-        if pos != NO_POSITION and (
-            (state.get("p") == pos[0] and int(state.get("o", -1)) >= pos[1])
-            or (seen is not None and seen[1] == pos[0] and seen[2] == pos[1])
-        ):
-            # a replay (restart, rebalance, re-seek) of a record the stored state already
-            # reflects: the worker persists state only after the outputs of every event it
-            # covers were acknowledged, so this record's outputs exist; produce nothing
+        if pos != NO_POSITION and seen is not None and seen[1] == pos[0] and seen[2] == pos[1]:
+            # a replay (restart, rebalance, re-seek) of the very record that created this
+            # message-id entry: the worker persists state only after the outputs of every event
+            # it covers were acknowledged, so this record's outputs exist; produce nothing.
+            # (Not decided on the device's last position: a record skipped by the consumer
+            # would look covered by later events of its device.)
             self.counters["replayed"] += 1
             return Result(outcome=REPLAYED)
 

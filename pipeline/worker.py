@@ -140,10 +140,18 @@ class Outputs:
 class TableState:
     """:class:`pipeline.process.StateStore` over two Faust tables, with a write-back cache.
 
-    Reads go to the cache, then to the table's RocksDB database of the event's partition.
-    Writes stay in the cache until :meth:`flush` (run before each offset commit) puts them into
-    RocksDB and sends them to the tables' compacted changelogs with the same partition, so the
-    state Faust recovers after a crash is at least as new as the committed offsets.
+    Reads go to the cache, then to the snapshot being flushed, then to the table's RocksDB
+    database of the event's partition. Writes stay in the cache until a flush (before each offset
+    commit, see :func:`build_app`):
+
+    1. :meth:`snapshot` serialises the cache and the applied frontiers, synchronously, so it holds
+       exactly the events processed so far (the agent keeps running during the awaits below);
+    2. the caller waits until every output produced so far is acknowledged;
+    3. :meth:`write` puts the snapshot into RocksDB (one atomic write batch per partition: state
+       plus frontier marker) and sends it to the compacted changelogs, same partition;
+    4. the caller waits for those, then :meth:`done` drops the snapshot.
+
+    So any stored state, and any stored frontier, covers only events whose outputs exist.
     Set :attr:`partition` to the current event's partition before using it.
 
     Parameters:
@@ -158,19 +166,19 @@ class TableState:
         self.partition = 0
         self._dev: dict[str, tuple[int, dict[str, Any]]] = {}
         self._seen: dict[str, tuple[int, list[Any] | None]] = {}
+        self._flushing: dict[str, dict[str, tuple[int, bytes | None]]] = {"devices": {}, "seen": {}}
         #: partition -> the applied frontier: every raw offset up to it is processed (no holes)
         self._frontier: dict[int, int] = {}
-        #: partitions whose frontier moved since the last flush
+        #: partitions whose frontier moved since the last snapshot
         self._moved: set[int] = set()
 
     def frontier(self, partition: int, committed: int | None) -> int:
         """The raw offset up to which every record of ``partition`` is processed (-1: none).
 
         Starts at the stored marker or just below the committed offset (``None``: 0), whichever
-        is higher. The marker is written by :meth:`flush` in the same RocksDB write batch as the
-        state, after the outputs of every record up to it were acknowledged, so a record at or
-        below the frontier after a restart or a re-seek is a replay whose effects are all stored
-        already: the agent skips it.
+        is higher. The marker is written with the state, after the outputs of every record up to
+        it were acknowledged, so a record at or below the frontier after a restart or a re-seek
+        is a replay whose effects are all stored already: the agent skips it.
         """
         f = self._frontier.get(partition)
         if f is None:
@@ -186,7 +194,8 @@ class TableState:
 
     def forget(self, partitions: set[int]) -> None:
         """Drop cached, unflushed state of partitions this worker lost (the new owner replays them)."""
-        for cache in (self._dev, self._seen):
+        caches: list[dict[str, Any]] = [self._dev, self._seen, *self._flushing.values()]
+        for cache in caches:
             for key in [k for k, (p, _) in cache.items() if p in partitions]:
                 del cache[key]
         for p in partitions:
@@ -202,22 +211,22 @@ class TableState:
     def _read(table: Any, partition: int, key: str) -> bytes | None:
         return table.data._db_for_partition(partition).get(key.encode())  # type: ignore[no-any-return]
 
-    def get_device(self, key: str) -> dict[str, Any] | None:
-        hit = self._dev.get(key)
+    def _get(self, name: str, table: Any, cache: dict[str, Any], key: str) -> Any:
+        hit = cache.get(key)
         if hit is not None:
             return hit[1]
-        v = self._read(self.devices, self.partition, key)
-        return orjson.loads(v) if v is not None else None  # type: ignore[no-any-return]
+        pending = self._flushing[name].get(key)
+        v = pending[1] if pending is not None else self._read(table, self.partition, key)
+        return orjson.loads(v) if v is not None else None
+
+    def get_device(self, key: str) -> dict[str, Any] | None:
+        return self._get("devices", self.devices, self._dev, key)  # type: ignore[no-any-return]
 
     def put_device(self, key: str, value: dict[str, Any]) -> None:
         self._dev[key] = (self.partition, value)
 
     def get_seen(self, key: str) -> list[Any] | None:
-        hit = self._seen.get(key)
-        if hit is not None:
-            return hit[1]
-        v = self._read(self.seen, self.partition, key)
-        return orjson.loads(v) if v is not None else None  # type: ignore[no-any-return]
+        return self._get("seen", self.seen, self._seen, key)  # type: ignore[no-any-return]
 
     def put_seen(self, key: str, value: list[Any]) -> None:
         self._seen[key] = (self.partition, value)
@@ -225,42 +234,48 @@ class TableState:
     def delete_seen(self, key: str) -> None:
         self._seen[key] = (self.partition, None)
 
-    def flush(self) -> int:
-        """Write cached entries and the applied-offset markers to RocksDB and the changelogs.
+    def snapshot(self) -> dict[str, Any]:
+        """Serialise and take the cache and the moved frontiers (step 1 of a flush)."""
+        snap: dict[str, Any] = {"marks": {p: self._frontier[p] for p in self._moved}}
+        for name, cache in (("devices", self._dev), ("seen", self._seen)):
+            ser = {k: (p, orjson.dumps(v) if v is not None else None) for k, (p, v) in cache.items()}
+            self._flushing[name] = ser
+            snap[name] = ser
+            cache.clear()
+        self._moved.clear()
+        return snap
 
-        Call only after the outputs of every processed event were acknowledged. Each partition's
-        database gets one atomic write batch (state plus marker), so a SIGKILL leaves either the
-        old state and marker or the new ones. Returns how many entries were written.
-        """
+    def write(self, snap: dict[str, Any]) -> int:
+        """Write a snapshot to RocksDB and the changelogs (step 3); returns how many entries."""
         from rocksdict import WriteBatch
 
         n = 0
-        for table, cache in ((self.devices, self._dev), (self.seen, self._seen)):
+        for name, table in (("devices", self.devices), ("seen", self.seen)):
             topic = table.changelog_topic.get_topic_name()
             batches: dict[int, Any] = {}
-            if table is self.devices:
-                for partition in self._moved:
-                    v = str(self._frontier[partition]).encode()
+            if name == "devices":
+                for partition, mark in snap["marks"].items():
+                    v = str(mark).encode()
                     batches.setdefault(partition, WriteBatch(raw_mode=True)).put(APPLIED_KEY, v)
                     self.outputs.send(topic, APPLIED_KEY, v, partition)
-            for key, (partition, value) in cache.items():
+            for key, (partition, value) in snap[name].items():
                 k = key.encode()
                 wb = batches.get(partition)
                 if wb is None:
                     wb = batches[partition] = WriteBatch(raw_mode=True)
                 if value is None:
                     wb.delete(k)
-                    self.outputs.send(topic, k, None, partition)
                 else:
-                    v = orjson.dumps(value)
-                    wb.put(k, v)
-                    self.outputs.send(topic, k, v, partition)
+                    wb.put(k, value)
+                self.outputs.send(topic, k, value, partition)
                 n += 1
             for partition, wb in batches.items():
                 table.data._db_for_partition(partition).write(wb)
-            cache.clear()
-        self._moved.clear()
         return n
+
+    def done(self) -> None:
+        """Drop the flushed snapshot (step 4): reads go to RocksDB again."""
+        self._flushing = {"devices": {}, "seen": {}}
 
 
 class FxFeed:
@@ -426,6 +441,16 @@ def init_offsets(kafka: KafkaSettings, group: str, topic: str) -> int:
         c.close()
 
 
+def _low_watermarks(kafka: KafkaSettings, topic: str, partitions: list[int]) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(kafka.client_config() | {"group.id": "trackflow-watermarks", "enable.auto.commit": False})
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in partitions}
+    finally:
+        c.close()
+
+
 def _resume_positions(kafka: KafkaSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
     c = group_client(kafka, group)
     try:
@@ -505,6 +530,7 @@ def build_app(
     sweep: dict[int, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
     scan = {"due": 0.0}
     watchdog = StallWatchdog(settings.stall_s)
+    holes: dict[Any, int] = {}  # raw partition -> first record the agent has not seen
 
     def emit(res: Result) -> None:
         send = outputs.send
@@ -517,13 +543,19 @@ def build_app(
 
     faust_flush = app.producer.flush
 
+    flush_lock = asyncio.Lock()
+
     async def flush_before_commit() -> None:
-        # outputs first, then the state that says they exist, then the offsets (Faust commits
-        # after this returns): a crash at any point leaves state <= outputs and offsets <= state
+        # outputs first, then the state that says they exist, then the offsets (Faust chose the
+        # offsets to commit before calling this): a crash at any point leaves
+        # offsets <= state <= outputs. See TableState for the steps.
         try:
-            await outputs.flush()
-            state.flush()
-            await outputs.flush()
+            async with flush_lock:
+                snap = state.snapshot()
+                await outputs.flush()
+                state.write(snap)
+                await outputs.flush()
+                state.done()
         except PipelineError:
             log.critical("output delivery failed permanently; exiting so no offset is committed past it")
             logging.shutdown()
@@ -533,7 +565,7 @@ def build_app(
     app.producer.flush = flush_before_commit  # type: ignore[method-assign]  # Faust flushes it before commits
 
     # before the first assignment: its seek must already be the guarded one
-    _guard_offsets(
+    sought = _guard_offsets(
         app.consumer, topics.raw, lambda parts: _resume_positions(kafka, app_id, topics.raw, parts)
     )
 
@@ -567,8 +599,14 @@ def build_app(
             if offset <= done:
                 proc.counters["replay_skipped"] += 1  # its state and outputs are stored already
                 continue
-            if offset == done + 1:
-                state.advance(partition, offset)
+            if offset > done + 1:
+                # the consumer skipped records (Faust/aiokafka after a seek or a rebalance):
+                # process strictly in order, so the state never gets ahead of the frontier;
+                # refill_holes seeks back to the first missing record
+                proc.counters["hole_skipped"] += 1
+                holes.setdefault(msg.tp, done + 1)
+                continue
+            state.advance(partition, offset)
             now = int(time.time() * 1000)
             res = proc.process_bytes(
                 raw_codec, event.value, pos=(partition, msg.offset), topic=msg.topic, now=now
@@ -606,6 +644,35 @@ def build_app(
                 outputs.send(topics.sessions, k.encode(), session_codec.encode(rec, topics.sessions))
                 timer_closed[dkey] = rec["session_id"]
             open_sessions.pop(dkey, None)  # closed now, or already closed: the next event re-adds it
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def refill_holes() -> None:
+        if not holes or app.rebalancing:
+            return
+        c = cast(Any, app.consumer)
+        todo = {tp: holes.pop(tp) for tp in list(holes)}
+        assigned = c.assignment()
+        todo = {tp: start for tp, start in todo.items() if tp in assigned}
+        if not todo:
+            return
+        lows = await asyncio.to_thread(
+            _low_watermarks, kafka, topics.raw, sorted(tp.partition for tp in todo)
+        )
+        for tp, hole in todo.items():
+            start = max(state.frontier(tp.partition, c._committed_offset.get(tp)) + 1, hole)
+            if lows.get(tp.partition, 0) > start:
+                log.error(
+                    "raw %s: records %s..%s expired before processing", tp, start, lows[tp.partition] - 1
+                )
+                start = lows[tp.partition]
+                state.advance(tp.partition, start - 1)
+            # forget acknowledgements of the records skipped since: they are read again
+            acked = [o for o in c._acked[tp] if o < start]
+            c._acked[tp] = acked
+            c._acked_index[tp] = set(acked)
+            await _thread_seek(c, tp, start)
+            c._read_offset[tp] = start
+            log.info("raw %s: records skipped by the consumer, reading again from %s", tp, start)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def stall_watchdog() -> None:
@@ -647,7 +714,9 @@ def build_app(
                 if tp.topic == topics.raw and tp.partition in targets:
                     off = targets[tp.partition]
                     c._committed_offset[tp] = off or None  # Faust's convention: 0 is None
-                    await c.seek(tp, off)
+                    sought[tp] = off
+                    await _thread_seek(c, tp, off)
+                    c._read_offset[tp] = off or None  # what Faust's own seek sets
             watchdog.reset()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
@@ -702,9 +771,29 @@ class StallWatchdog:
         return stalled
 
 
+async def _thread_seek(consumer: Any, tp: Any, offset: int) -> None:
+    """Seek on aiokafka's own thread (Faust's ``_seek`` does it from the caller's thread, which
+    races with a fetch in progress: seen as a KeyError in aiokafka's fetcher that crashed it)."""
+    thread = getattr(consumer, "_thread", None)
+    if thread is None:  # a stand-in without a consumer thread (unit tests)
+        await consumer._seek(tp, offset)
+        return
+    await thread.call_thread(lambda: thread._ensure_consumer().seek(tp, offset))
+
+
+class _AlwaysKnown(dict[Any, int]):
+    """Every partition counts as sought at offset 0 (no seek guard: Faust's committed offsets rule)."""
+
+    def __contains__(self, _key: object) -> bool:
+        return True
+
+    def __missing__(self, _key: Any) -> int:
+        return 0
+
+
 def _guard_offsets(
     consumer: Any, topic: str, resume: Callable[[list[int]], dict[int, int]] | None = None
-) -> None:
+) -> dict[Any, int]:
     """Make Faust's commit bookkeeping strict for the raw topic: never commit past an unseen record.
 
     - Faust treats a jump in offsets as a gap to acknowledge (right for compacted or
@@ -719,12 +808,20 @@ def _guard_offsets(
       partition whose committed offset is 0. With ``resume`` (partitions -> the group's
       committed offset or the low watermark), such raw partitions are sought explicitly.
 
+      Until that seek has happened in an assignment, nothing of the partition is committed
+      (records fetched before it come from a stale position, and committing them moved the
+      group's offset backwards after a restart).
+
     Either way commits stop before a hole, and the :class:`StallWatchdog` seeks back to read it.
+    Returns the per-partition sought offsets (the watchdog updates them when it seeks).
     """
     from faust.utils.functional import consecutive_numbers
 
     add_gap = consumer._add_gap
     new_offset = consumer._new_offset
+    blocked: dict[Any, tuple[int, int]] = {}
+    #: raw partition -> the offset it was sought to in the current assignment
+    known: dict[Any, int] = _AlwaysKnown() if resume is None else {}
 
     async def guarded_gap(tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic == topic:
@@ -735,8 +832,12 @@ def _guard_offsets(
     def strict_new_offset(tp: Any) -> int | None:
         if tp.topic != topic:
             return new_offset(tp)  # type: ignore[no-any-return]
-        # Faust stores a committed offset of 0 as None; init_offsets gives every partition one
-        committed = consumer._committed_offset.get(tp) or 0
+        if tp not in known:
+            # not sought yet in this assignment: records fetched before the seek come from a
+            # stale position, and committing them could move the group's offset backwards
+            return None
+        # Faust stores a committed offset of 0 as None
+        committed = max(known[tp], consumer._committed_offset.get(tp) or 0)
         acked = consumer._acked[tp]
         if not acked:
             return None
@@ -749,6 +850,9 @@ def _guard_offsets(
             index.difference_update(acked[:stale])
             del acked[:stale]
         if not acked or acked[0] != committed:
+            if acked and blocked.get(tp) != (committed, acked[0]):
+                blocked[tp] = (committed, acked[0])
+                log.warning("commit of %s held at %s: offsets from %s acknowledged", tp, committed, acked[0])
             return None
         run = next(consecutive_numbers(acked))
         del acked[: len(run)]
@@ -764,20 +868,22 @@ def _guard_offsets(
             # aiokafka's seek_to_committed skips a committed offset of 0 and leaves such a
             # partition wherever its fetch position was (seen: past records produced meanwhile)
             offsets = dict(await seek_to_committed())
-            todo = sorted(
-                tp.partition
-                for tp in consumer.assignment()
-                if tp.topic == topic and not (offsets.get(tp) or 0) > 0
-            )
+            todo = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
             if todo:
+                # the broker's committed offsets (or low watermarks), read directly: seek every
+                # raw partition there on aiokafka's thread, whatever aiokafka decided
                 targets = await asyncio.to_thread(resume, todo)
                 for tp in list(consumer.assignment()):
                     if tp.topic == topic and tp.partition in targets:
-                        await consumer._seek(tp, targets[tp.partition])
+                        await _thread_seek(consumer, tp, targets[tp.partition])
                         offsets[tp] = targets[tp.partition]
+                log.info("raw partitions sought to %s", dict(sorted(targets.items())))
+            known.clear()
+            known.update({tp: int(off or 0) for tp, off in offsets.items() if tp.topic == topic})
             return offsets
 
         consumer.seek_to_committed = seek_raw_to_committed
+    return known
 
 
 def _sweep(dq: collections.deque[tuple[int, bytes]], state: TableState, now: int) -> None:

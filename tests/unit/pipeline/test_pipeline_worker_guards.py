@@ -29,6 +29,8 @@ class FakeConsumer:
         self._committed_offset: dict[Any, int | None] = {}
         self.gaps: list[tuple[Any, int, int]] = []
         self.highwaters: dict[Any, int] = {}
+        self.broker_committed: dict[Any, int | None] = {}
+        self.seeks: list[tuple[Any, int]] = []
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         self.gaps.append((tp, offset_from, offset_to))
@@ -43,6 +45,12 @@ class FakeConsumer:
 
     def assignment(self) -> set[Any]:
         return set(self.highwaters)
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        return dict(self.broker_committed)
+
+    async def _seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
     def highwater(self, tp: Any) -> int:
         return self.highwaters[tp]
@@ -109,6 +117,23 @@ def test_gaps_on_the_raw_topic_are_not_acknowledged() -> None:
     assert c.gaps == []
 
 
+def test_nothing_is_committed_before_the_seek_and_every_partition_is_sought_to_the_broker_offset() -> None:
+    c = FakeConsumer()
+    p0, p1 = TP(RAW, 0), TP(RAW, 1)
+    c.highwaters = {p0: 100, p1: 100}
+    c.broker_committed = {p0: 7, p1: 0}  # what aiokafka believes (it does not seek a committed 0)
+    broker = {0: 952, 1: 0}  # what the broker says
+    known = _guard_offsets(c, RAW, resume=lambda parts: {p: broker[p] for p in parts})
+    c.ack(p0, 0, 1)  # fetched from a stale position before the seek
+    assert c._new_offset(p0) is None  # never moves the group's offset back to 2
+    offsets = asyncio.run(c.seek_to_committed())
+    assert sorted(c.seeks) == [(p0, 952), (p1, 0)] and offsets == known == {p0: 952, p1: 0}
+    c.ack(p0, 952, 953)
+    assert c._new_offset(p0) == 954  # the stale 0 and 1 are dropped
+    c.ack(p1, 0)
+    assert c._new_offset(p1) == 1
+
+
 class FakeApp:
     def __init__(self, consumer: FakeConsumer) -> None:
         self.consumer = consumer
@@ -162,3 +187,88 @@ def test_watchdog_treats_an_unknown_commit_as_zero(monkeypatch: Any) -> None:
     assert dog.check(FakeApp(c), RAW) == set()
     clock[0] += 6
     assert dog.check(FakeApp(c), RAW) == {0}
+
+
+# -- TableState: what a flush stores is exactly what was processed before it began ----------------
+
+
+class _Changelog:
+    def get_topic_name(self) -> str:
+        return "changelog"
+
+
+class _Store:
+    def __init__(self, root: Any) -> None:
+        from rocksdict import Options, Rdict
+
+        self._dbs = {p: Rdict(str(root / f"p{p}"), Options(raw_mode=True)) for p in range(2)}
+
+    def _db_for_partition(self, p: int) -> Any:
+        return self._dbs[p]
+
+
+class _Table:
+    def __init__(self, root: Any) -> None:
+        self.data = _Store(root)
+        self.changelog_topic = _Changelog()
+
+
+class _Outputs:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+
+    def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+
+def test_a_flush_stores_the_snapshot_not_later_changes(tmp_path: Any) -> None:
+    import orjson
+
+    from pipeline.worker import APPLIED_KEY, TableState
+
+    out = _Outputs()
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), out)  # type: ignore[arg-type]
+    st.partition = 1
+    assert st.frontier(1, None) == -1
+    dev = {"n": 1}
+    st.put_device("a:d1", dev)
+    st.put_seen("a:m1", [99, 1, 0])
+    st.advance(1, 0)
+    snap = st.snapshot()
+    # the agent keeps going while the outputs are awaited: a later event mutates the same device
+    dev["n"] = 2
+    st.put_device("a:d1", dev)
+    st.advance(1, 1)
+    assert st.get_device("a:d1") == {"n": 2}  # the cache wins
+    assert st.get_seen("a:m1") == [99, 1, 0]  # from the snapshot being flushed
+    assert st.write(snap) == 2
+    st.done()
+    db = st.devices.data._db_for_partition(1)
+    assert orjson.loads(db[b"a:d1"]) == {"n": 1} and db[APPLIED_KEY] == b"0"
+    assert (b"a:m1" in st.seen.data._db_for_partition(1)) and (
+        b"a:m1" not in st.seen.data._db_for_partition(0)
+    )
+    assert ("changelog", APPLIED_KEY, b"0", 1) in out.sent
+    # the next flush carries the later change and frontier
+    st.write(st.snapshot())
+    st.done()
+    assert orjson.loads(db[b"a:d1"]) == {"n": 2} and db[APPLIED_KEY] == b"1"
+    # after a restart the frontier starts from the marker, or just below the commit if higher
+    st.reset_marks()
+    assert st.frontier(1, None) == 1
+    st.reset_marks()
+    assert st.frontier(1, 10) == 9
+
+
+def test_forget_drops_unflushed_state_of_lost_partitions(tmp_path: Any) -> None:
+    from pipeline.worker import TableState
+
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), _Outputs())  # type: ignore[arg-type]
+    st.partition = 0
+    st.put_device("a:d0", {"n": 1})
+    st.partition = 1
+    st.put_device("a:d1", {"n": 1})
+    st.forget({1})
+    assert st.get_device("a:d1") is None
+    st.partition = 0
+    assert st.get_device("a:d0") == {"n": 1}
