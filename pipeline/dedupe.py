@@ -78,13 +78,21 @@ def content_clock(ev: Any) -> int:
 
 
 def check_content(
-    recent: dict[str, list[int]], digest: str, event_time: int, pos: Position, window_ms: int
+    recent: dict[str, list[int]],
+    digest: str,
+    event_time: int,
+    pos: Position,
+    window_ms: int,
+    late_ms: int = 0,
 ) -> Reason | None:
     """Decide the content rule against the device's recent digests and record this event.
 
     ``recent`` is mutated: expired digests are removed and, unless this is a duplicate, the
     digest is (re)recorded at ``event_time``. An event exactly ``window_ms`` later is *not* a
-    duplicate (the window is open at its end).
+    duplicate (the window is open at its end). A digest expires ``window_ms + late_ms`` after it,
+    measured on the device's newer events: events arrive out of order when a client retries a
+    batch (an outage, a 503) after its later batches landed, and a digest must outlive those to
+    catch its late duplicate (``late_ms=0``: state expires exactly with the window).
     """
     prev = recent.get(digest)
     if prev is not None and abs(event_time - prev[0]) < window_ms:
@@ -92,7 +100,7 @@ def check_content(
             return None
         return Reason.DUPLICATE_CONTENT
     if recent:
-        prune(recent, event_time, window_ms)
+        prune(recent, event_time, window_ms + late_ms)
     recent[digest] = [event_time, pos[0], pos[1]]
     return None
 

@@ -128,6 +128,7 @@ class Processor:
         self.counters: Counter[str] = Counter()
         self._mid_window = int(settings.message_id_window_s * 1000)
         self._content_window = int(settings.content_window_s * 1000)
+        self._content_late = int(settings.content_late_s * 1000)
         # (context JSON text, user agent) -> the typed context columns (read-only, copied into rec)
         self._context_cache: dict[tuple[Any, Any], dict[str, str | None]] = {}
 
@@ -304,7 +305,9 @@ class Processor:
         if self._content_window and raw.get("source") not in s.content_dedupe_exempt_sources:
             digest = dedupe.content_digest(raw, ev.device_id, ev.properties, ev.traits)
             recent = state.setdefault("c", {})
-            reason = dedupe.check_content(recent, digest, dedupe.content_clock(ev), pos, self._content_window)
+            reason = dedupe.check_content(
+                recent, digest, dedupe.content_clock(ev), pos, self._content_window, self._content_late
+            )
             if reason is not None:
                 return self._duplicate(raw, reason, pos, topic, now)
 

@@ -22,6 +22,9 @@ class PipelineSettings(BaseSettings):
     Parameters:
         message_id_window_s: a message_id seen again within this many seconds is dropped (24 h).
         content_window_s: an identical event within this many seconds is dropped (10 s).
+        content_late_s: how long a content digest outlives the window, so that a duplicate arriving
+            late (its batch retried after newer batches of the device landed) is still caught
+            (0: the state expires exactly with the window).
         content_dedupe_exempt_sources: sources exempt from the content rule (server-to-server).
         dead_letter_duplicates: also send dropped duplicates to the invalid topic.
         max_future_s: event times more than this far after ``received_at`` are invalid.
@@ -47,6 +50,7 @@ class PipelineSettings(BaseSettings):
 
     message_id_window_s: float = Field(default=24 * 3600, gt=0)
     content_window_s: float = Field(default=10.0, ge=0)
+    content_late_s: float = Field(default=600.0, ge=0)
     content_dedupe_exempt_sources: frozenset[str] = frozenset({"appsflyer_s2s"})
     dead_letter_duplicates: bool = False
     max_future_s: float = Field(default=3600.0, ge=0)

@@ -6,6 +6,7 @@ from pipeline import dedupe
 from pipeline.reasons import Reason
 
 T0 = 1_790_000_000_000
+LATE = 600_000  # PipelineSettings.content_late_s
 H24 = 24 * 3_600_000
 
 
@@ -42,3 +43,15 @@ def test_digest_is_canonical_and_covers_name_and_device():
     assert d1 == d2
     assert d1 != dedupe.content_digest({"app_id": "a", "event": "y"}, "dev", {"a": 1, "b": [1, 2]}, {})
     assert d1 != dedupe.content_digest({"app_id": "a", "event": "x"}, "dev2", {"a": 1, "b": [1, 2]}, {})
+
+
+def test_a_late_duplicate_is_caught_after_newer_events_of_the_device():
+    recent: dict = {}
+    assert dedupe.check_content(recent, "orig", T0 + 3_000, (0, 1), 10_000, LATE) is None
+    # the device's later batches land first: events two minutes newer
+    assert dedupe.check_content(recent, "other", T0 + 120_000, (0, 2), 10_000, LATE) is None
+    # then the retried batch with a same-content event 4 s after the original
+    assert dedupe.check_content(recent, "orig", T0 + 7_000, (0, 3), 10_000, LATE) is Reason.DUPLICATE_CONTENT
+    # digests older than window + lateness are pruned by newer events
+    assert dedupe.check_content(recent, "x", T0 + 3_000 + 610_001, (0, 4), 10_000, LATE) is None
+    assert "orig" not in recent and "x" in recent
