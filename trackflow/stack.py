@@ -218,7 +218,15 @@ def ensure_redis_installed() -> str:
 
 
 def _kraft_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id (base64url of a UUID), never starting with "-".
+
+    Like Kafka's own ``Uuid.randomUuid``: an id starting with "-" reads as an option on the
+    command line (``-t -xyz``: "expected one argument"); it failed a CI run once.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def kafka_properties(paths: StackPaths, s: StackSettings) -> str:
@@ -299,7 +307,7 @@ def start_kafka(paths: StackPaths, s: StackSettings) -> str:
            f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}", "-cp", classpath]
     if not (kdir / "data" / "meta.properties").exists():
         res = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "--standalone", "-t", _kraft_cluster_id(),
+            [*jvm, "kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={_kraft_cluster_id()}",
              "-c", str(props)], capture_output=True, text=True,
         )
         if res.returncode != 0:
