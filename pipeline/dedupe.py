@@ -84,15 +84,18 @@ def check_content(
     pos: Position,
     window_ms: int,
     late_ms: int = 0,
+    now: int = 0,
 ) -> Reason | None:
     """Decide the content rule against the device's recent digests and record this event.
 
     ``recent`` is mutated: expired digests are removed and, unless this is a duplicate, the
     digest is (re)recorded at ``event_time``. An event exactly ``window_ms`` later is *not* a
-    duplicate (the window is open at its end). A digest expires ``window_ms + late_ms`` after it,
-    measured on the device's newer events: events arrive out of order when a client retries a
-    batch (an outage, a 503) after its later batches landed, and a digest must outlive those to
-    catch its late duplicate (``late_ms=0``: state expires exactly with the window).
+    duplicate (the window is open at its end).
+
+    Expiry: a digest is kept while it is within the window of the device's newest events, or was
+    recorded less than ``late_ms`` ago (``now``, wall-clock ms). Events arrive out of order when a
+    client retries a batch (an outage, a 503) after its later batches landed; their duplicates
+    must still meet their digests. ``late_ms=0``: the state expires exactly with the window.
     """
     prev = recent.get(digest)
     if prev is not None and abs(event_time - prev[0]) < window_ms:
@@ -100,12 +103,19 @@ def check_content(
             return None
         return Reason.DUPLICATE_CONTENT
     if recent:
-        prune(recent, event_time, window_ms + late_ms)
-    recent[digest] = [event_time, pos[0], pos[1]]
+        prune(recent, event_time, window_ms, now - late_ms if late_ms else None)
+    recent[digest] = [event_time, pos[0], pos[1], now] if late_ms else [event_time, pos[0], pos[1]]
     return None
 
 
-def prune(recent: dict[str, list[int]], now_event_time: int, window_ms: int) -> None:
-    """Drop digests older than the window (state expires with the window)."""
-    for k in [k for k, v in recent.items() if now_event_time - v[0] >= window_ms]:
+def prune(
+    recent: dict[str, list[int]], now_event_time: int, window_ms: int, recorded_after: int | None = None
+) -> None:
+    """Drop digests older than the window, except those recorded after ``recorded_after`` (wall ms)."""
+    for k in [
+        k
+        for k, v in recent.items()
+        if now_event_time - v[0] >= window_ms
+        and (recorded_after is None or len(v) < 4 or v[3] <= recorded_after)
+    ]:
         del recent[k]

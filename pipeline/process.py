@@ -306,7 +306,7 @@ class Processor:
             digest = dedupe.content_digest(raw, ev.device_id, ev.properties, ev.traits)
             recent = state.setdefault("c", {})
             reason = dedupe.check_content(
-                recent, digest, dedupe.content_clock(ev), pos, self._content_window, self._content_late
+                recent, digest, dedupe.content_clock(ev), pos, self._content_window, self._content_late, now
             )
             if reason is not None:
                 return self._duplicate(raw, reason, pos, topic, now)

@@ -22,8 +22,9 @@ class PipelineSettings(BaseSettings):
     Parameters:
         message_id_window_s: a message_id seen again within this many seconds is dropped (24 h).
         content_window_s: an identical event within this many seconds is dropped (10 s).
-        content_late_s: how long a content digest outlives the window, so that a duplicate arriving
-            late (its batch retried after newer batches of the device landed) is still caught
+        content_late_s: how long (wall clock) a content digest is kept after it was recorded, even
+            when the device's newer events are out of the window, so that a duplicate arriving late
+            (its batch retried after newer batches of the device landed) is still caught
             (0: the state expires exactly with the window).
         content_dedupe_exempt_sources: sources exempt from the content rule (server-to-server).
         dead_letter_duplicates: also send dropped duplicates to the invalid topic.

@@ -47,11 +47,16 @@ def test_digest_is_canonical_and_covers_name_and_device():
 
 def test_a_late_duplicate_is_caught_after_newer_events_of_the_device():
     recent: dict = {}
-    assert dedupe.check_content(recent, "orig", T0 + 3_000, (0, 1), 10_000, LATE) is None
-    # the device's later batches land first: events two minutes newer
-    assert dedupe.check_content(recent, "other", T0 + 120_000, (0, 2), 10_000, LATE) is None
-    # then the retried batch with a same-content event 4 s after the original
-    assert dedupe.check_content(recent, "orig", T0 + 7_000, (0, 3), 10_000, LATE) is Reason.DUPLICATE_CONTENT
-    # digests older than window + lateness are pruned by newer events
-    assert dedupe.check_content(recent, "x", T0 + 3_000 + 610_001, (0, 4), 10_000, LATE) is None
-    assert "orig" not in recent and "x" in recent
+    wall = T0 + 999_000
+    assert dedupe.check_content(recent, "orig", T0 + 3_000, (0, 1), 10_000, LATE, wall) is None
+    # the device's later batches land first: events two days newer (a time-compressed stream)
+    assert (
+        dedupe.check_content(recent, "other", T0 + 2 * 86_400_000, (0, 2), 10_000, LATE, wall + 1_000) is None
+    )
+    # then the retried batch, 20 s later, with a same-content event 4 s after the original
+    dup = dedupe.check_content(recent, "orig", T0 + 7_000, (0, 3), 10_000, LATE, wall + 20_000)
+    assert dup is Reason.DUPLICATE_CONTENT
+    # digests out of the window AND recorded longer ago than the lateness bound are pruned
+    later = wall + 1_000 + LATE + 1
+    assert dedupe.check_content(recent, "x", T0 + 3 * 86_400_000, (0, 4), 10_000, LATE, later) is None
+    assert set(recent) == {"x"}
