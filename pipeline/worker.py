@@ -79,12 +79,23 @@ class Outputs:
         kafka: connection settings.
     """
 
+    #: a flush that delivers nothing for this long restarts the producer (see :meth:`restart`)
+    STUCK_S = 60.0
+
     def __init__(self, kafka: KafkaSettings) -> None:
+        self.errors: list[str] = []
+        self._kafka = kafka
+        self._purging = False
+        self._resend: list[tuple[str, bytes | None, bytes | None, int]] = []
+        self.restarts = 0
+        self._producer = self._new_producer()
+        self.sent = 0
+
+    def _new_producer(self) -> Any:
         from confluent_kafka import Producer
 
-        self.errors: list[str] = []
-        self._producer = Producer(
-            kafka.client_config()
+        return Producer(
+            self._kafka.client_config()
             | {
                 "acks": "all",
                 "enable.idempotence": True,
@@ -99,11 +110,38 @@ class Outputs:
                 "on_delivery": self._on_delivery,
             }
         )
-        self.sent = 0
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            return
+        if self._purging:
+            self._resend.append((msg.topic(), msg.key(), msg.value(), msg.partition()))
+        else:
             self.errors.append(str(err))
+
+    def restart(self) -> int:
+        """Purge the producer's undelivered records and send them again through a new producer.
+
+        Seen in the chaos suite: after a broker restart an idempotent producer sometimes
+        delivered nothing more, its queue only growing. Records purged from it are re-sent (some
+        may have arrived already: duplicates, which the sink and the changelogs absorb). Runs on
+        the event loop's thread, so no :meth:`send` interleaves. Returns how many were re-sent.
+        """
+        old = self._producer
+        self._purging = True
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=True)
+            old.poll(0)
+            old.flush(5)
+        finally:
+            self._purging = False
+        resend, self._resend = self._resend, []
+        self._producer = self._new_producer()
+        self.restarts += 1
+        for topic, key, value, partition in resend:
+            self.send(topic, key or b"", value, partition if partition >= 0 else None)
+        log.warning("output producer restarted: %d undelivered records sent again", len(resend))
+        return len(resend)
 
     def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
         p = self._producer
@@ -128,13 +166,19 @@ class Outputs:
         raised, and keeps being raised by every later flush, which stops all further commits
         (see :func:`build_app`, where it ends the process).
         """
+        best, since = -1, time.monotonic()
         while True:
-            remaining = await asyncio.to_thread(self._producer.flush, 30)
+            remaining = await asyncio.to_thread(self._producer.flush, 10)
             if self.errors:
                 raise PipelineError(f"{remaining} records undelivered; delivery errors: {self.errors[:3]}")
             if not remaining:
                 return
             log.warning("%d output records still waiting for the broker", remaining)
+            if best < 0 or remaining < best:
+                best, since = remaining, time.monotonic()
+            elif time.monotonic() - since > self.STUCK_S:
+                self.restart()
+                best, since = -1, time.monotonic()
 
 
 class TableState:
