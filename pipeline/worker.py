@@ -86,7 +86,7 @@ class Outputs:
         self.errors: list[str] = []
         self._kafka = kafka
         self._purging = False
-        self._resend: list[tuple[str, bytes | None, bytes | None, int]] = []
+        self._resend: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self.restarts = 0
         self._producer = self._new_producer()
         self.sent = 0
@@ -139,7 +139,7 @@ class Outputs:
         self._producer = self._new_producer()
         self.restarts += 1
         for topic, key, value, partition in resend:
-            self.send(topic, key or b"", value, partition if partition >= 0 else None)
+            self.send(topic, key or b"", value, partition if partition is not None and partition >= 0 else None)
         log.warning("output producer restarted: %d undelivered records sent again", len(resend))
         return len(resend)
 
