@@ -35,12 +35,17 @@ def message_key(app_id: str, message_id: str) -> str:
     return f"{app_id}:{message_id}"
 
 
+def same_position(entry: list[Any] | None, pos: Position) -> bool:
+    """Whether a state entry ``[..., partition, offset, ...]`` was created by the record at ``pos``."""
+    return entry is not None and pos != NO_POSITION and entry[1] == pos[0] and entry[2] == pos[1]
+
+
 def check_message_id(
     entry: list[Any] | None, received_at: int, pos: Position, window_ms: int
 ) -> tuple[Reason | None, list[Any] | None]:
     """Decide the message-id rule. Returns ``(reason or None, entry to store or None)``."""
     if entry is not None and entry[0] > received_at:
-        if pos != NO_POSITION and entry[1] == pos[0] and entry[2] == pos[1]:
+        if same_position(entry, pos):
             return None, None  # a replay of the very record that created the entry
         return Reason.DUPLICATE_MESSAGE_ID, None
     return None, [received_at + window_ms, pos[0], pos[1]]
@@ -99,7 +104,7 @@ def check_content(
     """
     prev = recent.get(digest)
     if prev is not None and abs(event_time - prev[0]) < window_ms:
-        if pos != NO_POSITION and prev[1] == pos[0] and prev[2] == pos[1]:
+        if same_position(prev, pos):
             return None
         return Reason.DUPLICATE_CONTENT
     if recent:

@@ -289,7 +289,7 @@ class Processor:
         state: dict[str, Any] = loaded if loaded is not None else {}
         mkey = dedupe.message_key(app_id, raw["message_id"])
         seen = self.state.get_seen(mkey)
-        if pos != NO_POSITION and seen is not None and seen[1] == pos[0] and seen[2] == pos[1]:
+        if dedupe.same_position(seen, pos):
             # a replay (restart, rebalance, re-seek) of the very record that created this
             # message-id entry: the worker persists state only after the outputs of every event
             # it covers were acknowledged, so this record's outputs exist; produce nothing.

@@ -139,7 +139,9 @@ class Outputs:
         self._producer = self._new_producer()
         self.restarts += 1
         for topic, key, value, partition in resend:
-            self.send(topic, key or b"", value, partition if partition is not None and partition >= 0 else None)
+            self.send(
+                topic, key or b"", value, partition if partition is not None and partition >= 0 else None
+            )
         log.warning("output producer restarted: %d undelivered records sent again", len(resend))
         return len(resend)
 
@@ -486,9 +488,9 @@ def init_offsets(kafka: KafkaSettings, group: str, topic: str) -> int:
 
 
 def _low_watermarks(kafka: KafkaSettings, topic: str, partitions: list[int]) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    c = Consumer(kafka.client_config() | {"group.id": "trackflow-watermarks", "enable.auto.commit": False})
+    c = group_client(kafka, "trackflow-watermarks")
     try:
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in partitions}
     finally:
@@ -714,8 +716,7 @@ def build_app(
             acked = [o for o in c._acked[tp] if o < start]
             c._acked[tp] = acked
             c._acked_index[tp] = set(acked)
-            await _thread_seek(c, tp, start)
-            c._read_offset[tp] = start
+            await _seek_raw(c, tp, start)
             log.info("raw %s: records skipped by the consumer, reading again from %s", tp, start)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
@@ -732,35 +733,22 @@ def build_app(
             proc.counters["stall_reseeks"] += 1
             state.reset_marks()
             c = cast(Any, app.consumer)
+            raw = [tp for tp in c.assignment() if tp.topic == topics.raw]
             log.warning(
-                "stall diagnostics: committed %s read %s paused %s active %s flow %s",
-                {
-                    tp.partition: c._committed_offset.get(tp)
-                    for tp in c.assignment()
-                    if tp.topic == topics.raw
-                },
-                {tp.partition: c._read_offset.get(tp) for tp in c.assignment() if tp.topic == topics.raw},
+                "stall diagnostics: committed %s read %s paused %s flow %s",
+                {tp.partition: c._committed_offset.get(tp) for tp in raw},
+                {tp.partition: c._read_offset.get(tp) for tp in raw},
                 sorted(tp.partition for tp in c._paused_partitions if tp.topic == topics.raw),
-                sorted(tp.partition for tp in (c._active_partitions or ()) if tp.topic == topics.raw),
                 (c.flow_active, app.flow_control.is_active()),
             )
-            log.warning(
-                "stall diagnostics: flags %s fetcher %s queue %s tasks %s",
-                sorted(c.diag.flags),
-                app._fetcher.state,
-                raw_topic.queue.qsize(),
-                [t.get_coro().__qualname__ for t in asyncio.all_tasks()][:60],  # type: ignore[union-attr]
-            )
-            # Faust's seek_to_committed leaves a partition the group never committed where it is:
-            # seek explicitly to the broker's committed offset, or the low watermark
             targets = await asyncio.to_thread(_resume_positions, kafka, app_id, topics.raw, sorted(stalled))
-            for tp in list(c.assignment()):
-                if tp.topic == topics.raw and tp.partition in targets:
+            for tp in raw:
+                if tp.partition in targets:
                     off = targets[tp.partition]
                     c._committed_offset[tp] = off or None  # Faust's convention: 0 is None
-                    sought[tp] = off
-                    await _thread_seek(c, tp, off)
-                    c._read_offset[tp] = off or None  # what Faust's own seek sets
+                    if sought is not None:
+                        sought[tp] = off
+                    await _seek_raw(c, tp, off)
             watchdog.reset()
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
@@ -815,29 +803,23 @@ class StallWatchdog:
         return stalled
 
 
-async def _thread_seek(consumer: Any, tp: Any, offset: int) -> None:
-    """Seek on aiokafka's own thread (Faust's ``_seek`` does it from the caller's thread, which
-    races with a fetch in progress: seen as a KeyError in aiokafka's fetcher that crashed it)."""
+async def _seek_raw(consumer: Any, tp: Any, offset: int) -> None:
+    """Seek ``tp`` to ``offset`` on aiokafka's own thread and let Faust's fetch loop accept it.
+
+    Faust's ``seek`` calls aiokafka from the caller's thread, which races with a fetch in
+    progress (seen as a KeyError in aiokafka's fetcher that crashed it).
+    """
     thread = getattr(consumer, "_thread", None)
     if thread is None:  # a stand-in without a consumer thread (unit tests)
         await consumer._seek(tp, offset)
-        return
-    await thread.call_thread(lambda: thread._ensure_consumer().seek(tp, offset))
-
-
-class _AlwaysKnown(dict[Any, int]):
-    """Every partition counts as sought at offset 0 (no seek guard: Faust's committed offsets rule)."""
-
-    def __contains__(self, _key: object) -> bool:
-        return True
-
-    def __missing__(self, _key: Any) -> int:
-        return 0
+    else:
+        await thread.call_thread(lambda: thread._ensure_consumer().seek(tp, offset))
+    consumer._read_offset[tp] = offset or None  # what Faust's own seek sets
 
 
 def _guard_offsets(
     consumer: Any, topic: str, resume: Callable[[list[int]], dict[int, int]] | None = None
-) -> dict[Any, int]:
+) -> dict[Any, int] | None:
     """Make Faust's commit bookkeeping strict for the raw topic: never commit past an unseen record.
 
     - Faust treats a jump in offsets as a gap to acknowledge (right for compacted or
@@ -857,15 +839,17 @@ def _guard_offsets(
       group's offset backwards after a restart).
 
     Either way commits stop before a hole, and the :class:`StallWatchdog` seeks back to read it.
-    Returns the per-partition sought offsets (the watchdog updates them when it seeks).
+    Returns the per-partition sought offsets (the watchdog updates them when it seeks); ``None``
+    without ``resume``.
     """
     from faust.utils.functional import consecutive_numbers
 
     add_gap = consumer._add_gap
     new_offset = consumer._new_offset
     blocked: dict[Any, tuple[int, int]] = {}
-    #: raw partition -> the offset it was sought to in the current assignment
-    known: dict[Any, int] = _AlwaysKnown() if resume is None else {}
+    #: raw partition -> the offset it was sought to in the current assignment (no seek guard
+    #: without ``resume``: Faust's committed offsets rule)
+    known: dict[Any, int] | None = None if resume is None else {}
 
     async def guarded_gap(tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic == topic:
@@ -876,12 +860,12 @@ def _guard_offsets(
     def strict_new_offset(tp: Any) -> int | None:
         if tp.topic != topic:
             return new_offset(tp)  # type: ignore[no-any-return]
-        if tp not in known:
+        if known is not None and tp not in known:
             # not sought yet in this assignment: records fetched before the seek come from a
             # stale position, and committing them could move the group's offset backwards
             return None
         # Faust stores a committed offset of 0 as None
-        committed = max(known[tp], consumer._committed_offset.get(tp) or 0)
+        committed = max(known[tp] if known else 0, consumer._committed_offset.get(tp) or 0)
         acked = consumer._acked[tp]
         if not acked:
             return None
@@ -905,7 +889,7 @@ def _guard_offsets(
 
     consumer._add_gap = guarded_gap
     consumer._new_offset = strict_new_offset
-    if resume is not None:
+    if resume is not None and known is not None:
         seek_to_committed = consumer.seek_to_committed
 
         async def seek_raw_to_committed() -> Any:
@@ -919,7 +903,7 @@ def _guard_offsets(
                 targets = await asyncio.to_thread(resume, todo)
                 for tp in list(consumer.assignment()):
                     if tp.topic == topic and tp.partition in targets:
-                        await _thread_seek(consumer, tp, targets[tp.partition])
+                        await _seek_raw(consumer, tp, targets[tp.partition])
                         offsets[tp] = targets[tp.partition]
                 log.info("raw partitions sought to %s", dict(sorted(targets.items())))
             known.clear()

@@ -27,6 +27,7 @@ class FakeConsumer:
         self._acked: dict[Any, list[int]] = defaultdict(list)
         self._acked_index: dict[Any, set[int]] = defaultdict(set)
         self._committed_offset: dict[Any, int | None] = {}
+        self._read_offset: dict[Any, int | None] = {}
         self.gaps: list[tuple[Any, int, int]] = []
         self.highwaters: dict[Any, int] = {}
         self.broker_committed: dict[Any, int | None] = {}
