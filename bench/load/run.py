@@ -7,7 +7,8 @@ What it does, for each configuration (``1 worker x 4 partitions``; with ``--scal
    ``.trackflow/bench-load/``; topics created with the configuration's partitions; FX fixture loaded;
 2. starts ``trackflow collector``, N x ``trackflow worker`` and ``trackflow sink`` as processes;
 3. **rate search** (unless ``--rate``): offers 10 s steps of Segment ``/v1/batch`` traffic (100 track
-   events per request, 2,000 devices, unique message ids) at 1k, 2k, 4k, 8k... events/s; a step is
+   events per request, 2,000 devices, unique message ids) at ``STEPS`` (500, 750, 1,000 ... 16,000
+   events/s) until one is not bounded (if none is, the sustained run offers 250); a step is
    *bounded* when the consumer lag (pipeline group on raw + sink group on enriched) at its end is
    below 5 s worth of traffic and the achieved rate is >= 90 % of the offered one;
 4. **sustained run** at the highest bounded rate for ``--duration`` seconds (default 60; the record
@@ -52,6 +53,8 @@ from trackflow.config import CoreSettings, KafkaSettings  # noqa: E402
 BATCH = 100
 DEVICES = 2000
 CONCURRENCY = 16
+# offered rates of the search, events/s: fine steps where one worker on 2 shared cores lands
+STEPS = (500, 750, 1000, 1250, 1500, 2000, 3000, 4000, 8000, 16000)
 
 
 def free_port() -> int:
@@ -286,7 +289,7 @@ def run_config(workers: int, partitions: int, rate: float | None, duration: floa
         total = r["sent"]
         if rate is None:
             best = 0.0
-            for step in (1000, 2000, 4000, 8000, 16000):
+            for step in STEPS:
                 r = asyncio.run(offer(p, step, 10, seq))
                 seq = r["seq_next"]
                 total += r["sent"]
@@ -301,7 +304,7 @@ def run_config(workers: int, partitions: int, rate: float | None, duration: floa
                 if not ok:
                     break
                 best = step
-            rate = best or 1000.0
+            rate = best or STEPS[0] / 2
         first_ms = int(time.time() * 1000)
         r = asyncio.run(offer(p, rate, duration, seq))
         total += r["sent"]
