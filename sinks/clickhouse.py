@@ -219,8 +219,8 @@ def drop_stored_events(client: Client, table: str, data: Any) -> Any:
 
 def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
     """``data`` without the dead letters already stored in ``table`` (or repeated within ``data``),
-    identified by :func:`sinks.redis.dead_letter_id` (the raw record's Kafka position, else the
-    ``message_id``, with stage and reason; one with neither is always kept).
+    identified by :func:`sinks.redis.dead_letter_id` (the ``message_id``, else the raw record's Kafka
+    position, with stage and reason; one with neither is always kept).
 
     ``failed_at`` is set anew when a restarted worker re-processes a record, so the lookup covers the
     batch's failure dates and the day before.

@@ -205,16 +205,22 @@ def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
 
 
 def dead_letter_id(r: Record) -> str:
-    """What identifies a dead letter across a worker's replays: the raw record's Kafka position
-    (plus stage and reason) when known, else its ``message_id`` (plus stage and reason); ``""``
+    """What identifies a dead letter across replays and retries: its ``message_id`` (plus stage and
+    reason) when it has one, else the raw record's Kafka position (plus stage and reason); ``""``
     when neither is known (never deduplicated). ``failed_at`` is not part of it: a replay sets it anew.
+
+    The message id comes first because a client's retry of a request the collector answered 503
+    can still reach Kafka twice (the first attempt was delivered after the answer): the same event
+    at two positions is one dead letter, as it is one event when valid (the pipeline drops a
+    repeated message id). The collector gives every event a message id, so the position only
+    identifies records that were never decodable.
     """
-    topic, offset = r.get("source_topic"), r.get("source_offset")
-    if topic and offset is not None:
-        return f"src:{topic}/{r.get('source_partition')}/{offset}/{r.get('stage') or ''}/{r.get('reason') or ''}"
     mid = r.get("message_id") or ""
     if mid:
         return f"id:{mid}/{r.get('stage') or ''}/{r.get('reason') or ''}"
+    topic, offset = r.get("source_topic"), r.get("source_offset")
+    if topic and offset is not None:
+        return f"src:{topic}/{r.get('source_partition')}/{offset}/{r.get('stage') or ''}/{r.get('reason') or ''}"
     return ""
 
 

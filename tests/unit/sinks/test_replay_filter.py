@@ -51,7 +51,7 @@ def test_a_batch_of_empty_ids_needs_no_lookup():
     assert client.queries == []
 
 
-def test_dead_letters_are_identified_by_position_else_id_never_by_nothing():
+def test_dead_letters_are_identified_by_id_else_position_never_by_nothing():
     ts = pa.array([1_790_856_000_000] * 5, pa.timestamp("ms", tz="UTC"))
     data = pa.table({
         "app_id": ["a"] * 5, "message_id": ["x1", "x1", "", "", "x2"], "stage": ["validate"] * 5,
@@ -65,3 +65,17 @@ def test_dead_letters_are_identified_by_position_else_id_never_by_nothing():
     assert out.column("_offset").to_pylist() == [0, 2, 3]
     (_, params), = client.queries
     assert [str(params["lo"]), str(params["hi"])] == ["2026-09-30", "2026-10-01"]
+
+
+def test_a_dead_letter_retried_at_another_position_is_stored_once():
+    # a request answered 503 whose events still reached Kafka, then retried by the client: the same
+    # invalid event at two raw positions, one in this batch and one already stored
+    ts = pa.array([1_790_856_000_000] * 3, pa.timestamp("ms", tz="UTC"))
+    data = pa.table({
+        "app_id": ["a"] * 3, "message_id": ["x1", "x1", "x3"], "stage": ["validate"] * 3,
+        "reason": ["bad", "bad", "bad"], "source_topic": ["raw"] * 3, "source_partition": [0, 1, 1],
+        "source_offset": [5, 8, 9], "failed_at": ts, "_offset": list(range(3)),
+    })
+    assert drop_stored_dead_letters(FakeClient([]), "invalid_events", data).column("_offset").to_pylist() == [0, 2]
+    stored = FakeClient([("a", "x3", "validate", "bad", "raw", 3, 77)])
+    assert drop_stored_dead_letters(stored, "invalid_events", data).column("_offset").to_pylist() == [0]
