@@ -113,6 +113,12 @@ class Batcher:
                     n = 0
                 while n < len(buf.offsets) and buf.offsets[n] <= last:
                     n += 1
+                if not n and buf.offsets[0] > last:
+                    # the consumer is already past this range (it started beyond it): the range
+                    # can never be filled, and waiting for it would hold the partition forever
+                    buf.plans.popleft()
+                    buf.plan_since = now
+                    continue
                 complete = n < len(buf.offsets) or (n > 0 and buf.offsets[n - 1] == last)
                 timed_out = buf.plan_since is not None and now - buf.plan_since >= self.plan_timeout_s
                 if not n or not (complete or timed_out):

@@ -77,9 +77,12 @@ class SinkLoop:
         self.paused = False
         self.stats: dict[str, Any] = {
             "rows_written": 0, "batches_written": 0, "flushes": 0, "write_failures": 0,
-            "decode_errors": 0, "last_flush_at": None, "last_error": None, "healthy": True,
+            "decode_errors": 0, "commit_failures": 0, "last_flush_at": None, "last_error": None, "healthy": True,
         }
         self._consumer: Consumer | None = None
+        # written but not yet committed (a commit failed): committed again until it succeeds
+        self.uncommitted: dict[tuple[str, int], int] = {}
+        self._commit_retry_at = 0.0
         self._backoff = 0.0
         self._retry_at = 0.0
         self.on_flush: Callable[[list[Batch]], None] | None = None
@@ -99,13 +102,43 @@ class SinkLoop:
             "queued.max.messages.kbytes": 256 * 1024,
         })
 
+    def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """The group's committed offset per partition, only where the broker answered without error.
+
+        Right after a broker restart the coordinator may still be loading its offsets and answer
+        with a per-partition error (and offset -1001); reading that as 0 planned every range the
+        group ever recorded, none of which the consumer would deliver again.
+        """
+        out: dict[tuple[str, int], int] = {}
+        todo = list(partitions)
+        for attempt in range(5):
+            try:
+                answer = consumer.committed(todo, timeout=10)
+            except Exception as exc:
+                log.warning("could not read committed offsets (attempt %d): %s", attempt + 1, exc)
+                answer = []
+            failed = []
+            for tp in answer:
+                if tp.error is None:
+                    out[(tp.topic, tp.partition)] = max(tp.offset, 0)
+                else:
+                    failed.append(TopicPartition(tp.topic, tp.partition))
+            todo = failed if answer else todo
+            if not todo:
+                break
+            time.sleep(min(2**attempt * 0.5, 4))
+        if todo:
+            log.warning(
+                "no committed offset for %s: their recorded batch ranges are not replayed (the "
+                "sink's message-id filter still drops rows stored before)",
+                ", ".join(f"{tp.topic}/{tp.partition}" for tp in todo),
+            )
+        return out
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
-            committed = consumer.committed(partitions, timeout=10)
-        except Exception as exc:
-            log.warning("could not read committed offsets: %s", exc)
+        offsets = self._committed(consumer, partitions)
+        if not offsets:
             return
-        offsets = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
         for attempt in range(5):
             try:
                 plans = self.clickhouse.intents(offsets)
@@ -127,6 +160,8 @@ class SinkLoop:
             log.warning("flush on revoke failed, the records will be redelivered: %s", exc)
         tps = [(tp.topic, tp.partition) for tp in partitions]
         self.batcher.drop(tps)
+        for tp in tps:
+            self.uncommitted.pop(tp, None)  # the next owner starts from the committed offset
         self.pending = [b for b in self.pending if (b.topic, b.partition) not in tps]
 
     # -- main loop -------------------------------------------------------------------------
@@ -164,6 +199,8 @@ class SinkLoop:
                         self._flush()
                     except SinkError:
                         pass
+                if self.uncommitted and now >= self._commit_retry_at:
+                    self._commit_offsets({})
             try:
                 self._flush(force=True)
             except SinkError as exc:
@@ -276,10 +313,37 @@ class SinkLoop:
         for b in batches:
             tp = (b.topic, b.partition)
             ends[tp] = max(ends.get(tp, -1), b.last_offset + 1)
-        if not ends or self._consumer is None:
+        self._commit_offsets(ends)
+
+    def _commit_offsets(self, ends: dict[tuple[str, int], int]) -> None:
+        """Commit ``ends`` plus whatever an earlier failed commit left, synchronously.
+
+        A commit can fail as a whole (an exception) or per partition (``error`` on the returned
+        partition), e.g. while the coordinator moves after a broker restart. The offsets stay in
+        :attr:`uncommitted` and are committed again (every second) until the broker takes them or
+        the partition is revoked; otherwise a partition that receives nothing more would keep its
+        old committed offset, and the group's lag would never reach zero.
+        """
+        for key, o in ends.items():
+            self.uncommitted[key] = max(self.uncommitted.get(key, -1), o)
+        if not self.uncommitted or self._consumer is None:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(ends.items())]
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self.uncommitted.items())]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as exc:  # a rebalance in between: the new owner replays, idempotently
-            log.warning("offset commit failed (records will be replayed idempotently): %s", exc)
+            answer = self._consumer.commit(offsets=offsets, asynchronous=False) or offsets
+        except Exception as exc:
+            self.stats["commit_failures"] += 1
+            self._commit_retry_at = time.monotonic() + 1.0
+            log.warning("offset commit failed, retrying in 1 s (a new owner would replay idempotently): %s", exc)
+            return
+        failed = []
+        for part in answer:
+            key = (part.topic, part.partition)
+            if getattr(part, "error", None) is not None:
+                failed.append(f"{part.topic}/{part.partition}: {part.error}")
+            elif self.uncommitted.get(key, -1) <= part.offset:
+                self.uncommitted.pop(key, None)
+        if failed:
+            self.stats["commit_failures"] += 1
+            self._commit_retry_at = time.monotonic() + 1.0
+            log.warning("offset commit failed for %s, retrying in 1 s", "; ".join(failed))

@@ -72,3 +72,14 @@ def test_add_many_equals_adding_one_by_one():
     assert a.rows == b.rows == 8  # 2 and 6 are redeliveries
     assert [(x.token, list(x.offsets), list(x.records)) for x in a.take(2.0)] == \
         [(x.token, list(x.offsets), list(x.records)) for x in b.take(2.0)]
+
+
+def test_a_plan_the_consumer_is_already_past_is_dropped_not_waited_for():
+    # a plan from a stale committed offset (e.g. read while the broker was loading its offsets):
+    # the records of (0, 9) never come, and the partition must not wait for them forever
+    b = Batcher(max_rows=1000, max_age_s=0.1, plan_timeout_s=3600.0)
+    b.plan("t", 0, [(0, 9), (10, 19), (20, 24)], "events", 0.0)
+    _fill(b, range(20, 27))
+    out = b.take(1.0)
+    assert [x.token for x in out] == ["t/0/20-24", "t/0/25-26"]
+    assert b.rows == 0

@@ -68,3 +68,88 @@ def test_failed_writes_are_retried_with_the_same_batches_and_committed_after():
     assert consumer.commits == [[("x.events.enriched", 0, 3)]]
     assert not consumer.paused and not loop.pending
     assert loop.stats["write_failures"] == 2 and loop.stats["rows_written"] == 3
+
+
+class Answer:
+    """A partition as confluent-kafka returns it from ``commit``/``committed``."""
+
+    def __init__(self, topic: str, partition: int, offset: int, error: Any = None) -> None:
+        self.topic, self.partition, self.offset, self.error = topic, partition, offset, error
+
+
+class RefusingConsumer(FakeConsumer):
+    """Refuses the first ``refusals`` commits: as an exception, then per partition."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def commit(self, offsets: Any, asynchronous: bool) -> Any:
+        if self.refusals:
+            self.refusals -= 1
+            if self.refusals % 2:
+                raise RuntimeError("KafkaError{code=COORDINATOR_NOT_AVAILABLE}")
+            return [Answer(o.topic, o.partition, o.offset, error="NOT_COORDINATOR") for o in offsets]
+        super().commit(offsets, asynchronous)
+        return [Answer(o.topic, o.partition, o.offset) for o in offsets]
+
+
+def _loop(consumer: Any) -> SinkLoop:
+    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_retry_max_s=0.01)
+    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, FlakySink(0), [], codecs={})  # type: ignore[arg-type]
+    loop._consumer = consumer
+    return loop
+
+
+def test_a_refused_commit_is_kept_and_committed_again_until_the_broker_takes_it():
+    consumer = RefusingConsumer(refusals=2)
+    loop = _loop(consumer)
+    loop._commit_offsets({("x.events.enriched", 0): 3})  # raises inside: kept
+    assert loop.uncommitted == {("x.events.enriched", 0): 3} and not consumer.commits
+    loop._commit_offsets({("x.events.enriched", 1): 7})  # per-partition error: kept, merged
+    assert loop.uncommitted == {("x.events.enriched", 0): 3, ("x.events.enriched", 1): 7}
+    loop._commit_offsets({("x.events.enriched", 0): 5})  # taken: the highest offsets of both
+    assert consumer.commits == [[("x.events.enriched", 0, 5), ("x.events.enriched", 1, 7)]]
+    assert loop.uncommitted == {} and loop.stats["commit_failures"] == 2
+
+
+def test_revoking_a_partition_forgets_its_uncommitted_offset():
+    loop = _loop(RefusingConsumer(refusals=1))
+    loop._commit_offsets({("x.events.enriched", 0): 3, ("x.events.enriched", 1): 4})
+    assert len(loop.uncommitted) == 2
+    loop._on_revoke(loop._consumer, [Answer("x.events.enriched", 0, -1001)])  # type: ignore[arg-type]
+    assert loop.uncommitted == {("x.events.enriched", 1): 4}
+
+
+class LoadingCoordinator:
+    """``committed`` answers a per-partition error first (offsets still loading), then the offset."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def committed(self, partitions: Any, timeout: float) -> list[Answer]:
+        self.calls += 1
+        if self.calls == 1:
+            return [Answer(p.topic, p.partition, -1001, error="COORDINATOR_LOAD_IN_PROGRESS") for p in partitions]
+        return [Answer(p.topic, p.partition, 40 + p.partition) for p in partitions]
+
+
+def test_committed_offsets_with_errors_are_asked_again_not_read_as_zero(monkeypatch: Any):
+    monkeypatch.setattr("sinks.loop.time.sleep", lambda s: None)
+    loop = _loop(FakeConsumer())
+    coordinator = LoadingCoordinator()
+    got = loop._committed(coordinator, [Answer("x.events.enriched", p, -1001) for p in (0, 1)])  # type: ignore[arg-type]
+    assert got == {("x.events.enriched", 0): 40, ("x.events.enriched", 1): 41} and coordinator.calls == 2
+
+
+def test_committed_offsets_that_never_come_are_left_out(monkeypatch: Any):
+    monkeypatch.setattr("sinks.loop.time.sleep", lambda s: None)
+
+    class Loading(LoadingCoordinator):
+        def committed(self, partitions: Any, timeout: float) -> list[Answer]:
+            self.calls += 1
+            return [Answer(p.topic, p.partition, -1001, error="COORDINATOR_LOAD_IN_PROGRESS") for p in partitions]
+
+    coordinator = Loading()
+    assert _loop(FakeConsumer())._committed(coordinator, [Answer("x.events.enriched", 0, -1001)]) == {}  # type: ignore[arg-type]
+    assert coordinator.calls == 5
