@@ -508,6 +508,9 @@ class Chaos:
                 f"{len(set(got) - set(st.invalid))} unexpected"
             )
         dl_rows = sum(r["n"] for r in dl)
+        if dl_rows != len(dl):
+            doubled = [r["message_id"] for r in dl if r["n"] > 1]
+            problems.append(f"{dl_rows - len(dl)} dead letters stored more than once, e.g. {doubled[:3]}")
 
         # Redis counters == ClickHouse truth, per app
         redis_vs_ch: dict[str, dict[str, list[int]]] = {}
