@@ -7,6 +7,9 @@ record to ``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -27,6 +30,8 @@ def main() -> None:
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,
+        # the benchmark's own folder, not the current directory (Faust's default)
+        datadir=str(Path(os.environ.get("TRACKFLOW_HOME", tempfile.gettempdir())) / "passthrough-data"),
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
