@@ -141,12 +141,6 @@ def test_redis_down_10s(chaos: Chaos) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open finding (docs/reliability.md): after this 20 s broker outage the worker's output "
-    "producer (now restarted after 60 s stuck) or the sink's consumer sometimes stops making progress; "
-    "intermittent, 3 of the last 6 runs",
-)
 def test_client_retries_fill_collector_while_kafka_down(chaos: Chaos) -> None:
     """32 clients retry every 0.25 s while the broker is down for 20 s: never a 2xx, memory bounded."""
     st = chaos.stream(SINGLE, seed=505, concurrency=32, max_retry_after_s=0.25)
