@@ -213,13 +213,6 @@ class SinkLoop:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _add(self, m: Any, now: float) -> None:
-        topic = m.topic()
-        kind = self.kinds.get(topic)
-        if kind is None:
-            return
-        self.batcher.add(topic, m.partition(), m.offset(), m.value(), kind, now)  # decoded per batch
-
     def _decode(self, b: Batch) -> Batch:
         """Decode a batch of raw values: Arrow for events (fast path), dicts otherwise."""
         if not b.records or not isinstance(b.records[0], (bytes, bytearray)):
@@ -331,19 +324,16 @@ class SinkLoop:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(self.uncommitted.items())]
         try:
             answer = self._consumer.commit(offsets=offsets, asynchronous=False) or offsets
+            failed = [f"{part.topic}/{part.partition}: {part.error}" for part in answer if part.error is not None]
         except Exception as exc:
-            self.stats["commit_failures"] += 1
-            self._commit_retry_at = time.monotonic() + 1.0
-            log.warning("offset commit failed, retrying in 1 s (a new owner would replay idempotently): %s", exc)
-            return
-        failed = []
+            answer, failed = [], [str(exc)]
         for part in answer:
             key = (part.topic, part.partition)
-            if getattr(part, "error", None) is not None:
-                failed.append(f"{part.topic}/{part.partition}: {part.error}")
-            elif self.uncommitted.get(key, -1) <= part.offset:
+            if part.error is None and self.uncommitted.get(key, -1) <= part.offset:
                 self.uncommitted.pop(key, None)
         if failed:
             self.stats["commit_failures"] += 1
             self._commit_retry_at = time.monotonic() + 1.0
-            log.warning("offset commit failed for %s, retrying in 1 s", "; ".join(failed))
+            log.warning(
+                "offset commit failed, retrying in 1 s (a new owner would replay idempotently): %s", "; ".join(failed)
+            )
