@@ -125,3 +125,27 @@ def test_dead_letters_re_emitted_at_new_offsets_are_stored_and_counted_once(ch_c
     tiles = live_tiles(r, prefix, app, now)
     assert tiles["dead_letters_last_hour"] == {"invalid_event_name": 1, "missing_field": 1, "undecodable": 3}
     r.close()
+
+
+def test_an_invalid_event_retried_at_another_raw_position_is_one_dead_letter(ch_client, tf_env):
+    # a request answered 503 still reached Kafka and the client retried it: the worker dead-letters
+    # the same event twice, from two raw positions (in one batch, then in a later one)
+    app = f"dl2-{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    t = int(now * 1000) - 30
+    r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
+    prefix = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6] + ":"
+    ch = ClickHouseSink(ch_client, group="test-replays")
+    rs = RedisSink(r, prefix, "g")
+    topic = f"dl2.{app}"
+    base = _dead_letters(app, t, t)[0]  # x1, invalid_event_name
+    at = [{**base, "source_topic": "raw", "source_partition": p, "source_offset": o} for p, o in ((0, 5), (2, 9), (1, 70))]
+    for sink in (ch, rs):
+        sink.write([_batch(topic, 0, at[:2], "invalid")])
+        sink.write([_batch(topic, 10, at[2:], "invalid")])
+    rows = ch_client.query(
+        "SELECT message_id, reason, count() FROM invalid_events WHERE app_id = {a:String} GROUP BY message_id, reason",
+        parameters={"a": app}).result_rows
+    assert rows == [("x1", "invalid_event_name", 1)]
+    assert live_tiles(r, prefix, app, now)["dead_letters_last_hour"] == {"invalid_event_name": 1}
+    r.close()
