@@ -45,6 +45,12 @@ class PipelineSettings(BaseSettings):
         metrics_port: serve Prometheus counters on this port (0: off).
         stall_s: a raw partition with unread records and no progress for this long is re-read
             from its committed offset (0: never).
+        rocksdb_write_buffer_mb / rocksdb_max_write_buffers / rocksdb_block_cache_mb: memory of
+            each RocksDB database of the state tables (one per table and partition): memtables of
+            this size, at most this many, and a block cache of this size. A worker's RocksDB
+            memory is at most 2 x partitions x (write_buffer x max_write_buffers + block_cache).
+            Faust's defaults (64 MB x 3 and a 2 GB cache per database) let the memtables keep
+            all of a partition's recent state in memory.
     """
 
     model_config = _config("TRACKFLOW_PIPELINE_")
@@ -78,6 +84,18 @@ class PipelineSettings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=6.0)
     metrics_port: int = 0
     stall_s: float = Field(default=30.0, ge=0)
+    rocksdb_write_buffer_mb: int = Field(default=8, ge=1)
+    rocksdb_max_write_buffers: int = Field(default=2, ge=2)
+    rocksdb_block_cache_mb: int = Field(default=16, ge=1)
+
+    def rocksdb_options(self) -> dict[str, int]:
+        """The ``options`` of a Faust rocksdb table (:class:`faust.stores.rocksdb.RocksDBOptions`)."""
+        mb = 1024 * 1024
+        return {
+            "write_buffer_size": self.rocksdb_write_buffer_mb * mb,
+            "max_write_buffer_number": self.rocksdb_max_write_buffers,
+            "block_cache_size": self.rocksdb_block_cache_mb * mb,
+        }
 
 
 class FxSettings(BaseSettings):

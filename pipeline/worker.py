@@ -555,8 +555,16 @@ def build_app(
         table_standby_replicas=0,
     )
     raw_topic = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
-    devices = app.Table("devices", partitions=partitions, key_type=bytes, value_type=bytes)
-    seen = app.Table("seen", partitions=partitions, key_type=bytes, value_type=bytes)
+    devices, seen = (
+        app.Table(
+            name,
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=settings.rocksdb_options(),  # a fresh dict each: Faust's Store pops keys from it
+        )
+        for name in ("devices", "seen")
+    )
 
     registry = open_registry()
     rates = RateTable()

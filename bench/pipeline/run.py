@@ -74,10 +74,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a running process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def measure(
-    cmds: list[list[str]], env: dict[str, str], kafka, group: str, n: int, log: Path, timeout: float = 150.0
-) -> tuple[float, float]:
-    """Returns (events/s wall clock, CPU microseconds per event summed over the processes)."""
+    cmds: list[list[str]],
+    env: dict[str, str],
+    kafka,
+    group: str,
+    n: int,
+    log: Path,
+    timeout: float | None = None,
+) -> tuple[float, float, list[float]]:
+    """Returns (events/s wall clock, CPU microseconds per event summed over the processes, peak RSS MB of each)."""
     procs = [subprocess.Popen(c, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT) for c in cmds]
     try:
         first_t: float | None = None
@@ -85,7 +99,7 @@ def measure(
         first_cpu = last_cpu = 0.0
         last_t = 0.0
         last = 0
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout or max(150.0, n / 400))
         while time.monotonic() < deadline:
             done = committed(kafka, group, kafka.topics.raw)
             now = time.monotonic()
@@ -102,7 +116,8 @@ def measure(
             time.sleep(0.25)
         if first_t is None or last <= first_n or last < n:
             raise RuntimeError(f"only {last}/{n} committed; see {log}")
-        return (last - first_n) / (last_t - first_t), (last_cpu - first_cpu) / (last - first_n) * 1e6
+        rss = [peak_rss_mb(p.pid) for p in procs]
+        return (last - first_n) / (last_t - first_t), (last_cpu - first_cpu) / (last - first_n) * 1e6, rss
     finally:
         for p in procs:
             p.kill()
@@ -139,6 +154,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=60000)
     ap.add_argument("--devices", type=int, default=5000)
+    ap.add_argument(
+        "--rocksdb-baseline",
+        action="store_true",
+        help="also run one worker with Faust's RocksDB memory defaults (64 MB x 3 memtables, 2 GB cache)",
+    )
     args = ap.parse_args()
     from pipeline.worker import app_id_for
 
@@ -152,7 +172,7 @@ def main() -> None:
         print(f"pure stages (decode + process + encode): {wall:.1f} us/event wall, {cpu:.1f} us/event CPU")
         print("pass-through (bare Faust agent, librdkafka output):")
         env, kafka = setup(n, args.devices, home)
-        base, base_cpu = measure(
+        base, base_cpu, base_rss = measure(
             [[sys.executable, str(Path(__file__).with_name("passthrough.py"))]],
             env,
             kafka,
@@ -161,10 +181,11 @@ def main() -> None:
             log,
         )
         print(
-            f"  {base:,.0f} events/s wall; {base_cpu:.0f} us CPU/event -> {1e6 / base_cpu:,.0f} events/s per busy core"
+            f"  {base:,.0f} events/s wall; {base_cpu:.0f} us CPU/event -> {1e6 / base_cpu:,.0f} events/s per busy core;"
+            f" peak RSS {base_rss[0]:.0f} MB"
         )
         print("one worker (same topic, own group):")
-        one, one_cpu = measure(
+        one, one_cpu, one_rss = measure(
             [[TRACKFLOW, "worker", "--name", "b1", "--loglevel", "warning"]],
             env,
             kafka,
@@ -174,11 +195,33 @@ def main() -> None:
         )
         print(
             f"  {one:,.0f} events/s wall = {one / base:.0%} of pass-through; {one_cpu:.0f} us CPU/event -> "
-            f"{1e6 / one_cpu:,.0f} events/s per busy core = {base_cpu / one_cpu:.0%} of pass-through"
+            f"{1e6 / one_cpu:,.0f} events/s per busy core = {base_cpu / one_cpu:.0%} of pass-through;"
+            f" peak RSS {one_rss[0]:.0f} MB"
         )
+        if args.rocksdb_baseline:
+            print("one worker with Faust's RocksDB defaults (fresh topic and state):")
+            env3, kafka3 = setup(n, args.devices, home)
+            env3 |= {
+                "TRACKFLOW_PIPELINE_ROCKSDB_WRITE_BUFFER_MB": "64",
+                "TRACKFLOW_PIPELINE_ROCKSDB_MAX_WRITE_BUFFERS": "3",
+                "TRACKFLOW_PIPELINE_ROCKSDB_BLOCK_CACHE_MB": "2048",
+            }
+            fd, fd_cpu, fd_rss = measure(
+                [[TRACKFLOW, "worker", "--name", "b1", "--loglevel", "warning"]],
+                env3,
+                kafka3,
+                app_id_for(kafka3.topic_prefix),
+                n,
+                log,
+            )
+            print(
+                f"  {fd:,.0f} events/s wall; {fd_cpu:.0f} us CPU/event; peak RSS {fd_rss[0]:.0f} MB"
+                f" (bounded budget: {one_rss[0]:.0f} MB = {one_rss[0] / fd_rss[0]:.0%}, {one / fd:.0%} of its rate)"
+            )
+            _cleanup(kafka3, kafka3.topic_prefix)
         print("two workers (fresh topic and state):")
         env2, kafka2 = setup(n, args.devices, home)
-        two, two_cpu = measure(
+        two, two_cpu, two_rss = measure(
             [[TRACKFLOW, "worker", "--name", f"b{i}", "--loglevel", "warning"] for i in (1, 2)],
             env2,
             kafka2,
@@ -186,7 +229,10 @@ def main() -> None:
             n,
             log,
         )
-        print(f"  {two:,.0f} events/s wall = {two / one:.2f}x one worker; {two_cpu:.0f} us CPU/event (both)")
+        print(
+            f"  {two:,.0f} events/s wall = {two / one:.2f}x one worker; {two_cpu:.0f} us CPU/event (both);"
+            f" peak RSS {' + '.join(f'{r:.0f}' for r in two_rss)} MB"
+        )
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         print(
             f"\nsummary: worker {one:,.0f}/s, pass-through {base:,.0f}/s, ratio {one / base:.0%} wall / "
