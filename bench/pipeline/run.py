@@ -5,13 +5,19 @@ revenue on 3%, duplicates on 2%, invalid on 1%), pre-filled into a fresh raw top
 measured from the group's committed offsets: rate = events committed after the first commit /
 time from that first commit to the last. Also prints the pure per-event cost of the stages.
 
-Run: ``.venv/bin/python bench/pipeline/run.py [--events 60000]`` (needs Kafka; ~2 minutes).
+Peak RSS (VmHWM) is printed per process. ``--rocksdb-baseline`` adds one worker with Faust's RocksDB
+memory defaults (the A/B of the state tables' memory budget); ``--profile FILE`` runs the one-worker
+case under pyinstrument.
+
+Run: ``.venv/bin/python bench/pipeline/run.py [--events 60000] [--rocksdb-baseline] [--profile FILE]``
+(needs Kafka; ~2 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,6 +96,7 @@ def measure(
     n: int,
     log: Path,
     timeout: float | None = None,
+    graceful: bool = False,
 ) -> tuple[float, float, list[float]]:
     """Returns (events/s wall clock, CPU microseconds per event summed over the processes, peak RSS MB of each)."""
     procs = [subprocess.Popen(c, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT) for c in cmds]
@@ -120,6 +127,13 @@ def measure(
         return (last - first_n) / (last_t - first_t), (last_cpu - first_cpu) / (last - first_n) * 1e6, rss
     finally:
         for p in procs:
+            if graceful:  # let a profiler write its report
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(timeout=120)
+                    continue
+                except subprocess.TimeoutExpired:
+                    pass
             p.kill()
             p.wait()
 
@@ -159,6 +173,11 @@ def main() -> None:
         action="store_true",
         help="also run one worker with Faust's RocksDB memory defaults (64 MB x 3 memtables, 2 GB cache)",
     )
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run the one-worker case under pyinstrument; its text report goes to FILE",
+    )
     args = ap.parse_args()
     from pipeline.worker import app_id_for
 
@@ -185,13 +204,17 @@ def main() -> None:
             f" peak RSS {base_rss[0]:.0f} MB"
         )
         print("one worker (same topic, own group):")
+        worker = ["worker", "--name", "b1", "--loglevel", "warning"]
+        if args.profile:
+            prof = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", args.profile, "-m", "trackflow"]
         one, one_cpu, one_rss = measure(
-            [[TRACKFLOW, "worker", "--name", "b1", "--loglevel", "warning"]],
+            [prof + worker if args.profile else [TRACKFLOW, *worker]],
             env,
             kafka,
             app_id_for(kafka.topic_prefix),
             n,
             log,
+            graceful=bool(args.profile),
         )
         print(
             f"  {one:,.0f} events/s wall = {one / base:.0%} of pass-through; {one_cpu:.0f} us CPU/event -> "

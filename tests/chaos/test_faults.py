@@ -141,11 +141,6 @@ def test_redis_down_10s(chaos: Chaos) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="fixed (sink commit retry, docs/reliability.md, 4 of 4 local runs); the mark stays until CI "
-    "runs confirm it",
-)
 def test_client_retries_fill_collector_while_kafka_down(chaos: Chaos) -> None:
     """32 clients retry every 0.25 s while the broker is down for 20 s: never a 2xx, memory bounded."""
     st = chaos.stream(SINGLE, seed=505, concurrency=32, max_retry_after_s=0.25)
