@@ -23,6 +23,9 @@ def main() -> None:
     topics = kafka.topics
     app_id = f"{kafka.topic_prefix}passthrough"
     init_offsets(kafka, app_id, topics.raw)
+    # the benchmark's own folder, not the current directory (Faust's default)
+    datadir = Path(os.environ.get("TRACKFLOW_HOME", tempfile.gettempdir())) / "passthrough-data"
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         app_id,
         broker=[f"kafka://{h}" for h in kafka.kafka_bootstrap.split(",")],
@@ -30,8 +33,7 @@ def main() -> None:
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,
-        # the benchmark's own folder, not the current directory (Faust's default)
-        datadir=str(Path(os.environ.get("TRACKFLOW_HOME", tempfile.gettempdir())) / "passthrough-data"),
+        datadir=str(datadir),
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,

@@ -346,8 +346,14 @@ class Chaos:
                     raise
                 time.sleep(0.5)
 
-    def probe(self, since: float, timeout: float = 240) -> float:
-        """Send one probe event (retrying until acknowledged); return seconds from ``since`` to visible."""
+    def probe(self, since: float, timeout: float | None = None) -> float:
+        """Send one probe event (retrying until acknowledged); return seconds from ``since`` to visible.
+
+        The probe queues behind the backlog a fault leaves on the raw topic: one worker here sustains
+        ~1,000 events/s, so after a restart in a 1,000,000-event stream the backlog takes minutes.
+        The default timeout grows with the stream: 240 s, or ``CHAOS_EVENTS / 500`` s if longer.
+        """
+        timeout = timeout if timeout is not None else max(240.0, CHAOS_EVENTS / 500)
         _app_id, key = self.probe_app
         mid = f"probe-{uuid.uuid4().hex}"
         body = {
