@@ -47,6 +47,12 @@ log = logging.getLogger("trackflow.pipeline")
 
 #: key of the per-partition applied-offset marker in the ``devices`` table (never a device key)
 APPLIED_KEY = b"\x00trackflow:applied"
+#: prefix of the expiry index in the ``seen`` databases: prefix + 13-digit expiry ms + NUL + key
+EXPIRY_PREFIX = b"\x00trackflow:expires:"
+#: a sweep handles at most this many index entries (so one event never waits long)
+SWEEP_LIMIT = 1000
+#: every this many sweeps of a partition start again at the oldest index entry (out-of-order expiries)
+SWEEP_RESTART_EVERY = 64
 
 
 def tune_gc() -> None:
@@ -200,6 +206,13 @@ class TableState:
     So any stored state, and any stored frontier, covers only events whose outputs exist.
     Set :attr:`partition` to the current event's partition before using it.
 
+    Message-id entries expire with their window (24 h). Their expiry index lives on disk, in the
+    partition's ``seen`` database under :data:`EXPIRY_PREFIX` (sorted by expiry), written in the
+    same atomic batch as the state but not to the changelog: :meth:`sweep` walks it from the oldest
+    entry. (It used to be a deque in memory: ~170 bytes per event for a whole day.) A partition
+    restored from the changelog by another worker has no index for the entries restored; those
+    are still treated as absent once expired, they only stay on disk.
+
     Parameters:
         devices / seen: the Faust tables (``rocksdb://`` store, raw bytes).
         outputs: the producer for the changelog records.
@@ -217,6 +230,11 @@ class TableState:
         self._frontier: dict[int, int] = {}
         #: partitions whose frontier moved since the last snapshot
         self._moved: set[int] = set()
+        #: expiry index entries to put / delete at the next flush: partition -> index keys
+        self._index: dict[int, list[bytes]] = {}
+        self._unindex: dict[int, list[bytes]] = {}
+        #: partition -> (index key to resume the sweep at, sweeps since it started at the oldest)
+        self._cursor: dict[int, tuple[bytes, int]] = {}
 
     def frontier(self, partition: int, committed: int | None) -> int:
         """The raw offset up to which every record of ``partition`` is processed (-1: none).
@@ -247,6 +265,9 @@ class TableState:
         for p in partitions:
             self._frontier.pop(p, None)
             self._moved.discard(p)
+            self._index.pop(p, None)
+            self._unindex.pop(p, None)
+            self._cursor.pop(p, None)
 
     def reset_marks(self) -> None:
         """Re-read markers after a rebalance or a re-seek (another worker may have advanced them)."""
@@ -280,9 +301,51 @@ class TableState:
     def delete_seen(self, key: str) -> None:
         self._seen[key] = (self.partition, None)
 
+    def index_expiry(self, expires: int, key: str) -> None:
+        """Index a message-id entry of the current partition under its expiry (written at the next flush)."""
+        self._index.setdefault(self.partition, []).append(
+            b"%s%013d\x00%s" % (EXPIRY_PREFIX, expires, key.encode())
+        )
+
+    def sweep(self, now: int, limit: int = SWEEP_LIMIT) -> int:
+        """Delete the current partition's message-id entries that expired by ``now``; returns how many.
+
+        Visits at most ``limit`` index entries (the rest wait for the next sweeps).
+        Reads the flushed index from where the last sweep stopped (from the oldest entry again
+        every :data:`SWEEP_RESTART_EVERY` sweeps, for entries indexed out of order); an entry is
+        deleted only if its stored expiry passed (a later duplicate may have renewed it), and its
+        index key is dropped at the next flush either way.
+        """
+        p = self.partition
+        start, runs = self._cursor.get(p, (EXPIRY_PREFIX, 0))
+        if runs >= SWEEP_RESTART_EVERY:
+            start, runs = EXPIRY_PREFIX, 0
+        db = self.seen.data._db_for_partition(p)
+        head = len(EXPIRY_PREFIX)
+        done = self._unindex.setdefault(p, [])
+        n = 0
+        last = None
+        for visited, k in enumerate(db.keys(from_key=start)):
+            if not k.startswith(EXPIRY_PREFIX) or visited >= limit or int(k[head : head + 13]) > now:
+                break
+            key = k[head + 14 :].decode()
+            v = self.get_seen(key)
+            if v is not None and v[0] <= now:
+                self.delete_seen(key)
+                n += 1
+            done.append(k)
+            last = k
+        self._cursor[p] = ((last + b"\x00") if last is not None else start, runs + 1)
+        return n
+
     def snapshot(self) -> dict[str, Any]:
         """Serialise and take the cache and the moved frontiers (step 1 of a flush)."""
-        snap: dict[str, Any] = {"marks": {p: self._frontier[p] for p in self._moved}}
+        snap: dict[str, Any] = {
+            "marks": {p: self._frontier[p] for p in self._moved},
+            "index": self._index,
+            "unindex": self._unindex,
+        }
+        self._index, self._unindex = {}, {}
         for name, cache in (("devices", self._dev), ("seen", self._seen)):
             ser = {k: (p, orjson.dumps(v) if v is not None else None) for k, (p, v) in cache.items()}
             self._flushing[name] = ser
@@ -315,6 +378,15 @@ class TableState:
                     wb.put(k, value)
                 self.outputs.send(topic, k, value, partition)
                 n += 1
+            if name == "seen":  # the local expiry index: same atomic batch, no changelog
+                for partition, keys in snap["index"].items():
+                    wb = batches.setdefault(partition, WriteBatch(raw_mode=True))
+                    for k in keys:
+                        wb.put(k, b"")
+                for partition, keys in snap["unindex"].items():
+                    wb = batches.setdefault(partition, WriteBatch(raw_mode=True))
+                    for k in keys:
+                        wb.delete(k)
             for partition, wb in batches.items():
                 table.data._db_for_partition(partition).write(wb)
         return n
@@ -581,7 +653,7 @@ def build_app(
     open_sessions: dict[str, tuple[int, int]] = {}  # device key -> (partition, idle deadline ms)
     timer_closed: dict[str, str] = {}  # device key -> session id the timer already closed
     positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
-    sweep: dict[int, collections.deque[tuple[int, bytes]]] = collections.defaultdict(collections.deque)
+    next_sweep: dict[int, int] = {}  # partition -> event clock (ms) of its next expiry sweep
     scan = {"due": 0.0}
     watchdog = StallWatchdog(settings.stall_s)
     holes: dict[Any, int] = {}  # raw partition -> first record the agent has not seen
@@ -672,11 +744,11 @@ def build_app(
                     open_sessions[res.device_key] = (partition, res.session_deadline)
                 else:
                     open_sessions.pop(res.device_key, None)
-            dq = sweep[partition]
             if res.seen_key is not None and res.seen_expires is not None:
-                dq.append((res.seen_expires, res.seen_key.encode()))
-            if dq and res.clock and dq[0][0] <= res.clock:
-                _sweep(dq, state, res.clock)
+                state.index_expiry(res.seen_expires, res.seen_key)
+            if res.clock and res.clock >= next_sweep.get(partition, 0):
+                next_sweep[partition] = res.clock + 1000  # at most once per second of event time
+                state.sweep(res.clock)
 
     @app.timer(interval=settings.session_timer_interval_s)  # type: ignore[untyped-decorator]
     async def close_idle_sessions() -> None:
@@ -920,18 +992,6 @@ def _guard_offsets(
 
         consumer.seek_to_committed = seek_raw_to_committed
     return known
-
-
-def _sweep(dq: collections.deque[tuple[int, bytes]], state: TableState, now: int) -> None:
-    """Delete expired message-id entries of the current partition (state expires with the window)."""
-    n = 0
-    while dq and dq[0][0] <= now and n < 100:
-        _, key = dq.popleft()
-        n += 1
-        k = key.decode()
-        v = state.get_seen(k)
-        if v is not None and v[0] <= now:
-            state.delete_seen(k)
 
 
 def _rebuild_index(

@@ -204,3 +204,64 @@ def test_two_workers_split_partitions_and_match_one(pipe, app):
     assert sorted(e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")) == sorted(
         exp_invalid
     )
+
+
+def _tombstoned_keys(pipe: Any, topic: str) -> set[bytes]:
+    """Keys of the deletions (null values) in a changelog topic."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    n = pipe.count(topic)
+    c = Consumer(
+        pipe.kafka.client_config()
+        | {
+            "group.id": f"tomb-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    seen = 0
+    out: set[bytes] = set()
+    deadline = time.monotonic() + 30
+    try:
+        while seen < n and time.monotonic() < deadline:
+            for m in c.consume(num_messages=1000, timeout=0.5):
+                if m.error() is None:
+                    seen += 1
+                    if m.value() is None:
+                        out.add(m.key())
+    finally:
+        c.close()
+    return out
+
+
+def test_message_id_state_expires_with_its_window(pipe, app):
+    """Entries older than the message-id window are deleted (tombstones in the changelog) once later
+    events arrive, also after the worker restarted in between."""
+    from pipeline.dedupe import message_key
+
+    app_id = app[0].app_id
+    pipe.env["TRACKFLOW_PIPELINE_MESSAGE_ID_WINDOW_S"] = "2"
+    first = list(generate(300, app_id, devices=50, seed=31, start_ms=T_SEPT, step_ms=10, duplicate_rate=0))
+    first_ids, _, _ = reference(first)
+    pipe.produce(first)
+    pipe.start_worker("w1")
+    pipe.wait_until(lambda: pipe.count(pipe.topics.enriched) >= len(first_ids), 120, "the first events")
+    time.sleep(3)  # flushed: the expiry index is on disk
+    pipe.kill("w1")  # the index outlives the process (it used to be in memory, lost on a restart)
+    pipe.start_worker("w1")
+    later = list(
+        generate(300, app_id, devices=50, seed=32, start_ms=T_SEPT + 60_000, step_ms=10, duplicate_rate=0)
+    )
+    pipe.produce(later)
+    changelog = f"{pipe.kafka.topic_prefix}pipeline-seen-changelog"
+    want = {message_key(app_id, m).encode() for m in first_ids}
+    pipe.wait_until(
+        lambda: _tombstoned_keys(pipe, changelog) >= want, 120, "deletions of the expired entries"
+    )
+    # entries received within the window before the last event cannot have expired
+    last = max(int(r["received_at"]) for _, r in later)
+    fresh = {r["message_id"] for _, r in later if int(r["received_at"]) > last - 2000} & reference(later)[0]
+    assert fresh and not {message_key(app_id, m).encode() for m in fresh} & _tombstoned_keys(pipe, changelog)

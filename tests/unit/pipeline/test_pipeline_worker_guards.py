@@ -273,3 +273,90 @@ def test_forget_drops_unflushed_state_of_lost_partitions(tmp_path: Any) -> None:
     assert st.get_device("a:d1") is None
     st.partition = 0
     assert st.get_device("a:d0") == {"n": 1}
+
+
+# -- the message-id expiry index: on disk, swept in order, never in the changelog ------------------
+
+
+def _flush(st: Any) -> None:
+    st.write(st.snapshot())
+    st.done()
+
+
+def _index_keys(st: Any, p: int) -> list[bytes]:
+    from pipeline.worker import EXPIRY_PREFIX
+
+    return [k for k in st.seen.data._db_for_partition(p).keys() if k.startswith(EXPIRY_PREFIX)]  # noqa: SIM118 (an Rdict is not iterable)
+
+
+def test_expired_message_ids_are_deleted_and_renewed_ones_kept(tmp_path: Any) -> None:
+    from pipeline.worker import TableState
+
+    out = _Outputs()
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), out)  # type: ignore[arg-type]
+    st.partition = 0
+    for i, expires in enumerate((100, 200, 300)):
+        st.put_seen(f"a:m{i}", [expires, 0, i])
+        st.index_expiry(expires, f"a:m{i}")
+    st.put_seen("a:m1", [400, 0, 9])  # m1 seen again: renewed until 400 (its new index entry below)
+    st.index_expiry(400, "a:m1")
+    assert st.sweep(1000) == 0  # nothing is indexed on disk before a flush
+    _flush(st)
+    assert len(_index_keys(st, 0)) == 4
+    assert not [k for _, k, _, _ in out.sent if k.startswith(b"\x00")]  # the index is local only
+    assert st.sweep(250) == 1  # m0; m1's old entry (200) is renewed, so only its index key goes
+    assert st.get_seen("a:m0") is None and st.get_seen("a:m1") == [400, 0, 9]
+    _flush(st)
+    db = st.seen.data._db_for_partition(0)
+    assert b"a:m0" not in db and b"a:m1" in db
+    assert ("changelog", b"a:m0", None, 0) in out.sent  # the deletion reaches the changelog
+    assert len(_index_keys(st, 0)) == 2  # 300 and 400 are left
+    assert st.sweep(1000) == 2
+    _flush(st)
+    assert _index_keys(st, 0) == [] and b"a:m1" not in db and b"a:m2" not in db
+
+
+def test_a_sweep_visits_a_bounded_number_of_entries_and_resumes(tmp_path: Any) -> None:
+    from pipeline.worker import TableState
+
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), _Outputs())  # type: ignore[arg-type]
+    st.partition = 1
+    for i in range(25):
+        st.put_seen(f"a:m{i}", [i, 1, i])
+        st.index_expiry(i, f"a:m{i}")
+    _flush(st)
+    assert st.sweep(100, limit=10) == 10
+    assert st.sweep(100, limit=10) == 10  # resumes after the first ten, before their flush
+    _flush(st)
+    assert st.sweep(100, limit=10) == 5
+    _flush(st)
+    assert _index_keys(st, 1) == [] and list(st.seen.data._db_for_partition(1).keys()) == []
+
+
+def test_an_entry_indexed_behind_the_cursor_is_swept_when_the_sweep_starts_over(tmp_path: Any) -> None:
+    from pipeline.worker import SWEEP_RESTART_EVERY, TableState
+
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), _Outputs())  # type: ignore[arg-type]
+    st.partition = 0
+    st.put_seen("a:late", [500, 0, 0])
+    st.index_expiry(500, "a:late")
+    _flush(st)
+    assert st.sweep(600) == 1
+    _flush(st)
+    st.put_seen("a:early", [50, 0, 1])  # an expiry older than where the last sweep stopped
+    st.index_expiry(50, "a:early")
+    _flush(st)
+    swept = sum(st.sweep(600) for _ in range(SWEEP_RESTART_EVERY + 1))
+    assert swept == 1 and st.get_seen("a:early") is None
+
+
+def test_forget_drops_the_unflushed_index_of_lost_partitions(tmp_path: Any) -> None:
+    from pipeline.worker import TableState
+
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), _Outputs())  # type: ignore[arg-type]
+    st.partition = 1
+    st.put_seen("a:m", [5, 1, 0])
+    st.index_expiry(5, "a:m")
+    st.forget({1})
+    _flush(st)
+    assert _index_keys(st, 1) == []
