@@ -191,9 +191,6 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="run the collector under pyinstrument")
     ap.add_argument("--baseline-events", type=int, default=300_000)
     ap.add_argument("--only", choices=["single", "batch100"], help="run one case only")
-    ap.add_argument(
-        "--server", choices=["uvicorn", "granian"], default="uvicorn", help="HTTP server of the collector"
-    )
     a = ap.parse_args()
 
     from trackflow.apps import AppRegistry
@@ -216,7 +213,7 @@ def main() -> None:
     )
 
     print(
-        f"# collector benchmark  server {a.server}  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}  "
+        f"# collector benchmark  broker {bootstrap}  topic {kafka.topics.raw}  cpus {os.cpu_count()}  "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     cpu = cpu_cost_per_event()
@@ -252,10 +249,9 @@ def main() -> None:
             "--show-all",
             str(HERE / "serve.py"),
             str(port),
-            a.server,
         ]
     else:
-        cmd = [PY, str(HERE / "serve.py"), str(port), a.server]
+        cmd = [PY, str(HERE / "serve.py"), str(port)]
     log = open(tmp / "collector.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
