@@ -101,14 +101,17 @@ def test_events_re_emitted_at_new_offsets_are_stored_and_counted_once(ch_client,
     r.close()
 
 
-def test_dead_letters_re_emitted_at_new_offsets_are_stored_and_counted_once(ch_client, tf_env):
-    app = f"dl-{uuid.uuid4().hex[:8]}"
+def _dead_letter_sinks(ch_client, tf_env):
+    """(now, a millisecond time just before it, Redis client, key prefix, ClickHouse sink, Redis sink)."""
     now = time.time()
-    t = int(now * 1000) - 30
     r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
     prefix = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6] + ":"
-    ch = ClickHouseSink(ch_client, group="test-replays")
-    rs = RedisSink(r, prefix, "g")
+    return now, int(now * 1000) - 30, r, prefix, ClickHouseSink(ch_client, group="test-replays"), RedisSink(r, prefix, "g")
+
+
+def test_dead_letters_re_emitted_at_new_offsets_are_stored_and_counted_once(ch_client, tf_env):
+    app = f"dl-{uuid.uuid4().hex[:8]}"
+    now, t, r, prefix, ch, rs = _dead_letter_sinks(ch_client, tf_env)
     topic = f"dl.{app}"
     first = _dead_letters(app, t, t)
     for sink in (ch, rs):
@@ -131,12 +134,7 @@ def test_an_invalid_event_retried_at_another_raw_position_is_one_dead_letter(ch_
     # a request answered 503 still reached Kafka and the client retried it: the worker dead-letters
     # the same event twice, from two raw positions (in one batch, then in a later one)
     app = f"dl2-{uuid.uuid4().hex[:8]}"
-    now = time.time()
-    t = int(now * 1000) - 30
-    r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
-    prefix = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6] + ":"
-    ch = ClickHouseSink(ch_client, group="test-replays")
-    rs = RedisSink(r, prefix, "g")
+    now, t, r, prefix, ch, rs = _dead_letter_sinks(ch_client, tf_env)
     topic = f"dl2.{app}"
     base = _dead_letters(app, t, t)[0]  # x1, invalid_event_name
     at = [{**base, "source_topic": "raw", "source_partition": p, "source_offset": o} for p, o in ((0, 5), (2, 9), (1, 70))]
