@@ -147,3 +147,27 @@ def test_an_invalid_event_retried_at_another_raw_position_is_one_dead_letter(ch_
     assert rows == [("x1", "invalid_event_name", 1)]
     assert live_tiles(r, prefix, app, now)["dead_letters_last_hour"] == {"invalid_event_name": 1}
     r.close()
+
+
+def test_message_ids_with_quotes_backslashes_and_percents_are_matched_exactly(ch_client, tf_env):
+    # the replay filter writes the ids into its query text: each must still match only itself
+    app = f"esc-{uuid.uuid4().hex[:8]}"
+    t = int(time.time() * 1000) - 30
+    mids = ["it's", "back\\slash", "100%s", "%(apps)s", 'q"uote', "\\'", "ünï\tcode"]
+    evs = _events(app, t, len(mids) + 1)
+    for r, mid in zip(evs, mids, strict=False):
+        r["message_id"] = mid
+    ch = ClickHouseSink(ch_client, group="test-replays")
+    topic = f"esc.{app}"
+    ch.write([_batch(topic, 0, evs[:-1], arrow=True)])
+    # re-emitted at new offsets with one new event ("<app>-m7"): only that one is added
+    ch.write([_batch(topic, 50, evs, arrow=True)])
+    rows = ch_client.query("SELECT message_id, count() FROM events WHERE app_id = {a:String} GROUP BY message_id",
+                           parameters={"a": app}).result_rows
+    assert sorted(rows) == sorted([(m, 1) for m in mids] + [(f"{app}-m7", 1)])
+    # dead letters too
+    base = _dead_letters(app, t, t)[0]
+    letters = [{**base, "message_id": m} for m in mids]
+    ch.write([_batch(topic + ".dl", 0, letters, "invalid")])
+    ch.write([_batch(topic + ".dl", 20, letters, "invalid")])
+    assert _count(ch_client, "SELECT count() FROM invalid_events WHERE app_id = {a:String}", app) == len(mids)

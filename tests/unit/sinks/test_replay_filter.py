@@ -36,8 +36,18 @@ def test_events_already_stored_or_repeated_in_the_batch_are_dropped():
     assert out.column("_offset").to_pylist() == [0, 3, 4, 5]
     (sql, params), = client.queries
     assert "event_date IN" in sql and "message_id IN" in sql
-    assert params["apps"] == ("a", "b") and params["ids"] == '["m1","m2","m3"]'
+    assert params["apps"] == ("a", "b")
+    assert """JSONExtract('["m1","m2","m3"]', 'Array(String)')""" in sql
     assert [str(d) for d in params["dates"]] == ["2026-10-01"]
+
+
+def test_message_ids_are_escaped_into_the_query_text():
+    client = FakeClient([])
+    drop_stored_events(client, "events", _events(["it's", "back\\slash", "100%s"]))
+    (sql, _), = client.queries
+    # JSON first ("\\" for a backslash), then the SQL string literal ("\\\\", "\\'"), then "%%" for the
+    # client's %-binding of the other parameters
+    assert """'["100%%s","back\\\\\\\\slash","it\\'s"]'""" in sql
 
 
 def test_a_same_message_id_in_another_app_is_not_a_duplicate():
