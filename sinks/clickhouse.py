@@ -189,15 +189,15 @@ def _dates(column: Any) -> list[Any]:
     return sorted(d for d in pc.unique(pc.cast(column, pa.date32())).to_pylist() if d is not None)
 
 
-def drop_stored_events(client: Client, table: str, data: Any) -> Any:
-    """``data`` without the rows whose ``(app_id, message_id)`` is already stored in ``table``, nor
-    the repeats of a ``(app_id, message_id)`` within ``data`` (the first is kept). Rows with an empty
+def drop_stored_events(client: Client, data: Any, ids_table: str = "event_ids") -> Any:
+    """``data`` without the rows whose ``(app_id, message_id)`` is already stored, nor the repeats
+    of a ``(app_id, message_id)`` within ``data`` (the first is kept). Rows with an empty
     ``message_id`` are always kept.
 
     A pipeline worker restarted after a crash re-emits events at new offsets of the enriched topic,
-    so the batch tokens differ: this makes such replays change nothing. The lookup is restricted to
-    the batch's apps and event dates (a re-emitted event has the same ``event_time``), which the
-    sort key prunes, and the message ids, which the ``idx_message_id`` bloom filter prunes.
+    so the batch tokens differ: this makes such replays change nothing. The lookup reads
+    ``event_ids`` (migration 002: the ids stored in the last 2 days, sorted by app and id, filled
+    by a materialized view of ``events``), so its cost follows the batch's size, not the day's.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -215,10 +215,9 @@ def drop_stored_events(client: Client, table: str, data: Any) -> Any:
         return data
     ids = ids.take(pc.array_sort_indices(ids))
     rows = client.query(
-        f"SELECT DISTINCT app_id, message_id FROM {table} "
-        "WHERE app_id IN %(apps)s AND event_date IN %(dates)s AND message_id IN " + _ids_subquery(ids.to_pylist()),
-        parameters={"apps": tuple(sorted(pc.unique(data.column("app_id").filter(has_id)).to_pylist())),
-                    "dates": tuple(_dates(data.column("event_time")))},
+        f"SELECT DISTINCT app_id, message_id FROM {ids_table} "
+        "WHERE app_id IN %(apps)s AND message_id IN " + _ids_subquery(ids.to_pylist()),
+        parameters={"apps": tuple(sorted(pc.unique(data.column("app_id").filter(has_id)).to_pylist()))},
         settings=_LOOKUP_SETTINGS,
     ).result_rows
     if not rows:
@@ -345,7 +344,7 @@ class ClickHouseSink:
                             r["retention_months"] = months[app]
                     table, data = spec.table, spec.to_arrow(b.records, b.topic, b.partition, b.offsets)
                 if b.kind == "events" and data.num_rows:
-                    data = drop_stored_events(self.client, table, data)
+                    data = drop_stored_events(self.client, data)
                 elif b.kind == "invalid" and data.num_rows:
                     data = drop_stored_dead_letters(self.client, table, data)
                 if data.num_rows:

@@ -153,7 +153,7 @@ def main() -> None:
           f"process CPU {sink_cpu_us:.1f} us/row")
 
     # 3. bare insert_arrow of the same rows, 50k-row inserts, in two variants:
-    #    same table: a second database migrated like the first (events with its 4 materialized views
+    #    same table: a second database migrated like the first (events with its materialized views
     #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
     #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
     #    (the baseline of the earlier reports).
@@ -171,7 +171,7 @@ def main() -> None:
 
     same_rate, same_cpu = bare("bench_bare.events", True)
     legacy_rate, legacy_cpu = bare("bench.events_bare", False)
-    print(f"bare insert_arrow, same table (4 MVs) and insert settings as the sink (50k-row inserts): "
+    print(f"bare insert_arrow, same table (with its MVs) and insert settings as the sink (50k-row inserts): "
           f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
           f"(CPU: {same_cpu / sink_cpu_us:.0%})")
     print(f"bare insert_arrow, events_bare (no MVs, default settings, no token; earlier baseline): "

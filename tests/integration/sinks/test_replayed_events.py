@@ -171,3 +171,29 @@ def test_message_ids_with_quotes_backslashes_and_percents_are_matched_exactly(ch
     ch.write([_batch(topic + ".dl", 0, letters, "invalid")])
     ch.write([_batch(topic + ".dl", 20, letters, "invalid")])
     assert _count(ch_client, "SELECT count() FROM invalid_events WHERE app_id = {a:String}", app) == len(mids)
+
+
+def test_an_existing_installation_gets_its_recent_ids_into_the_lookup_table(ch_client):
+    # an installation migrated before 002_event_ids: its stored events are copied into event_ids,
+    # so a replay of them right after the upgrade is still dropped
+    from sinks.clickhouse import drop_stored_events
+    from sinks.migrate import migrate, migrations, render
+    from sinks.rows import EVENTS
+
+    db = f"tf_upgrade_{uuid.uuid4().hex[:8]}"
+    ch_client.command(f"CREATE DATABASE `{db}`")
+    try:
+        for stmt in render(migrations()[0].template, database=db):
+            ch_client.command(stmt)
+        app = "up"
+        evs = _events(app, int(time.time() * 1000) - 30, 5)
+        ch_client.insert_arrow(f"`{db}`.events", EVENTS.to_arrow(evs, "t", 0, list(range(5))))
+        applied = [m["name"] for m in migrate(ch_client, database=db)]
+        assert "event_ids" in applied
+        ids = ch_client.query(f"SELECT message_id FROM `{db}`.event_ids ORDER BY message_id").result_rows
+        assert [r[0] for r in ids] == sorted(e["message_id"] for e in evs)
+        replay = EVENTS.to_arrow(evs + _events("up2", 0, 1), "t", 0, list(range(100, 106)))
+        kept = drop_stored_events(ch_client, replay, ids_table=f"`{db}`.event_ids")
+        assert kept.column("message_id").to_pylist() == ["up2-m0"]
+    finally:
+        ch_client.command(f"DROP DATABASE IF EXISTS `{db}`")

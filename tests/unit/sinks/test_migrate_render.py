@@ -32,3 +32,19 @@ def test_clustered_variant():
     assert "TO `tf`.daily_active_local" in mv and "FROM `tf`.events_local" in mv
     assert all("ON CLUSTER `c1`" in s for s in stmts)
     assert "non_replicated_deduplication_window" not in text
+
+
+def test_the_event_ids_migration_in_both_variants():
+    mig = next(m for m in migrations() if m.name == "event_ids")
+    single = render(mig.template, database="tf")
+    table, mv, backfill = single
+    assert "ORDER BY (app_id, message_id)" in table and "TTL inserted_at + INTERVAL 2 DAY" in table
+    assert "TO `tf`.event_ids\n" in mv and "FROM `tf`.events\n" in mv
+    assert backfill.startswith("INSERT INTO `tf`.event_ids ") and "FROM `tf`.events\n" in backfill
+    clustered = render(mig.template, database="tf", cluster="c1")
+    text = "\n".join(clustered)
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/tf/event_ids_local', '{replica}')" in text
+    mv = next(s for s in clustered if "event_ids_mv" in s)
+    assert "TO `tf`.event_ids_local" in mv and "FROM `tf`.events_local" in mv
+    # the backfill reads and writes through the Distributed tables, once, from one node
+    assert clustered[-1].startswith("INSERT INTO `tf`.event_ids ") and "ON CLUSTER" not in clustered[-1]

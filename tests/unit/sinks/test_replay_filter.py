@@ -31,19 +31,18 @@ def _events(mids: list[str], apps: list[str] | None = None) -> pa.Table:
 def test_events_already_stored_or_repeated_in_the_batch_are_dropped():
     client = FakeClient([("a", "m2")])
     data = _events(["m1", "m2", "m1", "", "", "m3"], ["a", "a", "a", "a", "a", "b"])
-    out = drop_stored_events(client, "events", data)
+    out = drop_stored_events(client, data)
     # m1 kept once (the first), m2 stored already, empty ids always kept, m3 of app b kept
     assert out.column("_offset").to_pylist() == [0, 3, 4, 5]
     (sql, params), = client.queries
-    assert "event_date IN" in sql and "message_id IN" in sql
+    assert "FROM event_ids" in sql and "message_id IN" in sql
     assert params["apps"] == ("a", "b")
     assert """JSONExtract('["m1","m2","m3"]', 'Array(String)')""" in sql
-    assert [str(d) for d in params["dates"]] == ["2026-10-01"]
 
 
 def test_message_ids_are_escaped_into_the_query_text():
     client = FakeClient([])
-    drop_stored_events(client, "events", _events(["it's", "back\\slash", "100%s"]))
+    drop_stored_events(client, _events(["it's", "back\\slash", "100%s"]))
     (sql, _), = client.queries
     # JSON first ("\\" for a backslash), then the SQL string literal ("\\\\", "\\'"), then "%%" for the
     # client's %-binding of the other parameters
@@ -51,13 +50,13 @@ def test_message_ids_are_escaped_into_the_query_text():
 
 
 def test_a_same_message_id_in_another_app_is_not_a_duplicate():
-    out = drop_stored_events(FakeClient([("b", "m1")]), "events", _events(["m1"]))
+    out = drop_stored_events(FakeClient([("b", "m1")]), _events(["m1"]))
     assert out.num_rows == 1
 
 
 def test_a_batch_of_empty_ids_needs_no_lookup():
     client = FakeClient([])
-    assert drop_stored_events(client, "events", _events(["", ""])).num_rows == 2
+    assert drop_stored_events(client, _events(["", ""])).num_rows == 2
     assert client.queries == []
 
 
