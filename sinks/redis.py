@@ -138,14 +138,16 @@ def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
     name = pc.if_else(pc.fill_null(pc.equal(ev, ""), True), table.column("type"), ev)
     dev = table.column("device_id")
     device = pc.if_else(pc.fill_null(pc.equal(dev, ""), True), table.column("user_key"), dev)
-    t = pa.table({
-        "app": table.column("app_id"), "minute": pc.multiply(pc.divide(ts, 60_000), 60), "ev": name,
-        "day": pc.strftime(table.column("event_time"), format="%Y%m%d"), "user": table.column("user_key"),
-        "dev": device, "ts": ts,
-    })
-    # number the events as plan() does: by (app, day), then in batch order
     import numpy as np
 
+    # the UTC day as text, formatted once per distinct day (pc.strftime per row was ~40% of the plan)
+    days, day_of_row = np.unique(np.floor_divide(ts.to_numpy(), 86_400_000), return_inverse=True)
+    day = pa.array([_day(int(d) * 86_400_000) for d in days], pa.string()).take(pa.array(day_of_row))
+    t = pa.table({
+        "app": table.column("app_id"), "minute": pc.multiply(pc.divide(ts, 60_000), 60), "ev": name,
+        "day": day, "user": table.column("user_key"), "dev": device, "ts": ts,
+    })
+    # number the events as plan() does: by (app, day), then in batch order
     n = table.num_rows
     order = pc.sort_indices(pa.table({"app": t.column("app"), "day": t.column("day"),
                                       "row": pa.array(np.arange(n))}),

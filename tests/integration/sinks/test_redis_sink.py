@@ -35,3 +35,27 @@ def test_replayed_and_overlapping_batches_are_applied_once(tf_env):
     assert (tiles["dau_users"], tiles["dau_devices"], tiles["online_now"]) == (5, 5, 5)
     assert r.hget(offsets_key(prefix, "g"), "t/0") == b"14"
     r.close()
+
+
+def test_event_ids_are_counted_once_across_chunks_and_batches(tf_env):
+    # a batch larger than one Lua unpack() may take (8,000 values), with repeats far apart and empty
+    # ids, then a re-emit of part of it at new offsets
+    r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
+    prefix = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6] + ":"
+    now = time.time()
+    t = int(now * 1000)
+
+    def ev(mid: str) -> dict:
+        return {"app_id": "a", "user_key": "u", "device_id": "d", "event": "open", "type": "track",
+                "event_time": t, "message_id": mid}
+
+    ids = [f"m{i}" for i in range(9000)]
+    first = [ev(m) for m in ids] + [ev("m10"), ev("m3999"), ev("m4000"), ev(""), ev("")]  # 3 repeats, 2 empty
+    sink = RedisSink(r, prefix, "g")
+    sink.write([Batch("t", 0, list(range(len(first))), first)])
+    assert live_tiles(r, prefix, "a", now)["events_this_minute"] == 9000 + 2
+    # re-emitted at new offsets (a restarted worker): 5,000 known ids, 100 new, one empty id
+    again = [ev(m) for m in ids[2000:7000]] + [ev(f"n{i}") for i in range(100)] + [ev("")]
+    sink.write([Batch("t", 0, list(range(20_000, 20_000 + len(again))), again)])
+    assert live_tiles(r, prefix, "a", now)["events_this_minute"] == 9000 + 2 + 100 + 1
+    r.close()

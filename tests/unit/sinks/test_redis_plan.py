@@ -102,3 +102,20 @@ def test_a_fully_applied_arrow_batch_leaves_nothing_to_apply():
     assert len(_after(b, 7)) == 0  # a replay after a crash between Redis and the commit
     rest = _after(b, 5)
     assert list(rest.offsets) == [6, 7] and rest.table.num_rows == 2 and rest.first_offset == 6
+
+
+def test_arrow_plan_equals_the_record_plan_across_days_and_midnight():
+    import pyarrow as pa
+
+    from sinks.redis import plan_table
+
+    midnight = 1_790_899_200_000  # 2026-10-02 00:00:00 UTC
+    times = [midnight + d for d in (-86_400_001, -1, 0, 1, 59_999, 60_000, 3 * 86_400_000 + 5, -1, 0)]
+    recs = [{"app_id": "a", "user_key": f"u{i % 3}", "device_id": "", "event": "open", "type": "track",
+             "event_time": t, "revenue_usd": None, "revenue_in_range": True, "error_level": None,
+             "message_id": f"m{i}"} for i, t in enumerate(times)]
+    table = pa.Table.from_pylist(recs).set_column(
+        5, "event_time", pa.array(times, pa.timestamp("ms", tz="UTC")))
+    ops = plan_table(table, "p:", 300)
+    assert ops == plan(recs, "events", "p:", 300)
+    assert [o[1].rsplit(":", 1)[1] for o in ops if o[0] == "S"] == ["20260930", "20261001", "20261002", "20261005"]
