@@ -193,6 +193,16 @@ def check_lengths(obj: Any, path: str, limit: int, depth: int = 0) -> None:
             check_lengths(v, f"{path}[{i}]", limit, depth + 1)
 
 
+def within_limits(text: str | None, limit: int) -> bool:
+    """True when the JSON ``text`` cannot hold a string longer than ``limit`` nor nesting deeper than
+    :data:`MAX_DEPTH`, so :func:`check_lengths` of its value has nothing to find (a cheap pre-check).
+
+    A decoded string is never longer than its JSON text, and ``MAX_DEPTH`` levels of nesting take
+    more opening brackets than that.
+    """
+    return text is not None and len(text) <= limit and text.count("{") + text.count("[") <= MAX_DEPTH
+
+
 def _require(props: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
     for f in fields:
         v = props.get(f)
@@ -218,11 +228,11 @@ def validate(raw: dict[str, Any], settings: PipelineSettings) -> Parsed:
         check_event_name(name)
     elif name is not None and len(name) > limit:
         raise reject(Reason.VALUE_TOO_LONG, f"event has {len(name)} characters (limit {limit})", "event")
-    if props:
+    if props and not within_limits(raw.get("properties"), limit):
         check_lengths(props, "properties", limit)
-    if traits:
+    if traits and not within_limits(raw.get("traits"), limit):
         check_lengths(traits, "traits", limit)
-    if context:
+    if context and not within_limits(raw.get("context"), 1 << 30):
         check_lengths(context, "context", 1 << 30)  # nesting only: context is the SDK's own
 
     # timestamps

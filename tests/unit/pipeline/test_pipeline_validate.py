@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.exceptions import RejectedEvent
 from pipeline.reasons import Reason
@@ -187,3 +189,33 @@ def test_heartbeats(raw):
         rejected(raw(event="heartbeat", session_id="s", heartbeat_offset=-1.0)).reason
         is Reason.INVALID_HEARTBEAT
     )
+
+
+def test_33_levels_in_a_short_text_are_still_rejected(raw):
+    deep: dict = {"leaf": 1}
+    for _ in range(32):
+        deep = {"a": deep}
+    text = orjson.dumps(deep).decode()
+    assert len(text) < 1000  # short enough for the length pre-check: the bracket count decides
+    assert rejected(raw(properties=text)).reason is Reason.INVALID_JSON
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(value=st.dictionaries(st.text(max_size=4), _json_values, max_size=5), limit=st.integers(1, 40))
+def test_the_pre_check_passes_only_what_the_full_walk_passes(value, limit):
+    from pipeline.validate import check_lengths, within_limits
+
+    text = orjson.dumps(value).decode()
+    if within_limits(text, limit):
+        check_lengths(value, "properties", limit)  # must not raise
+    # and the pre-check never hides a too-long value or too deep a nesting
+    try:
+        check_lengths(value, "properties", limit)
+    except RejectedEvent:
+        assert not within_limits(text, limit)
