@@ -56,24 +56,39 @@ class Batcher:
         self.rows += 1
 
     def add_many(
-        self, topic: str, partition: int, offsets: list[int], records: list[Record], kind: str, now: float
+        self,
+        topic: str,
+        partition: int,
+        offsets: list[int],
+        records: list[Record],
+        kind: str,
+        now: float,
+        written: float | None = None,
     ) -> None:
-        """Buffer records read at ``offsets`` of one partition (same result as :meth:`add` one by one)."""
+        """Buffer records read at ``offsets`` of one partition (same result as :meth:`add` one by one).
+
+        ``written``: when the first of them was written to Kafka, on the clock of ``now``. A buffer's
+        age then counts from there, not from when the sink read the record: records that waited
+        in Kafka while the sink was busy flushing are not held for a whole ``max_age_s`` more.
+        """
         if not offsets:
             return
         buf = self._buffers.get((topic, partition))
         if buf is None:
             buf = self._buffers[(topic, partition)] = _Buffer(kind)
+        fresh = buf.since is None
         ascending = all(a < b for a, b in pairwise(offsets))
         if not ascending or (buf.offsets and offsets[0] <= buf.offsets[-1]):
             for o, r in zip(offsets, records, strict=True):
                 self.add(topic, partition, o, r, kind, now)
-            return
-        if buf.since is None:
-            buf.since = now
-        buf.offsets.extend(offsets)
-        buf.records.extend(records)
-        self.rows += len(offsets)
+        else:
+            if fresh:
+                buf.since = now
+            buf.offsets.extend(offsets)
+            buf.records.extend(records)
+            self.rows += len(offsets)
+        if fresh and buf.since is not None and written is not None:
+            buf.since = min(buf.since, written)
 
     def plan(self, topic: str, partition: int, ranges: list[tuple[int, int]], kind: str, now: float) -> None:
         """Cut this partition's next batches exactly at ``ranges`` (ascending, inclusive)."""
@@ -83,10 +98,14 @@ class Batcher:
         buf.plans = deque(sorted(ranges))
         buf.plan_since = now if ranges else None
 
-    def due(self, now: float) -> bool:
-        """Whether a flush should happen now."""
+    def due(self, now: float, backlog: bool = False) -> bool:
+        """Whether a flush should happen now. With ``backlog`` (the consumer is still reading records
+        as fast as it can take them), only a full batch is due: catching up in big batches costs
+        less per row, and those records are late already."""
         if self.rows >= self.max_rows:
             return True
+        if backlog:
+            return False
         for buf in self._buffers.values():
             if buf.since is not None and now - buf.since >= self.max_age_s:
                 return True

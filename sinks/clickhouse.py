@@ -14,7 +14,9 @@ Facts this module is built on (measured with clickhouse-connect 1.12 / chdb 4.4)
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import clickhouse_connect
@@ -199,32 +201,63 @@ def drop_stored_events(client: Client, data: Any, ids_table: str = "event_ids") 
     ``event_ids`` (migration 002: the ids stored in the last 2 days, sorted by app and id, filled
     by a materialized view of ``events``), so its cost follows the batch's size, not the day's.
     """
+    return drop_stored_events_many(client, [data], ids_table)[0]
+
+
+def drop_stored_events_many(client: Client, tables: list[Any], ids_table: str = "event_ids") -> list[Any]:
+    """:func:`drop_stored_events` of the event batches of one flush, with one lookup for all of them.
+
+    Each table is filtered as if the ones before it had been inserted already: a row whose
+    ``(app_id, message_id)`` is in an earlier table is dropped too.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    mid = pc.fill_null(data.column("message_id"), "")
-    if not _distinct(mid):  # a repeated id (or several empty ones): keep the first of each
-        keys = _event_keys(data)
-        keep = _first_of_each(keys)
-        if len(keep) != data.num_rows:
-            data = data.take(pa.array(keep, pa.int64()))
-            mid = pc.fill_null(data.column("message_id"), "")
-    has_id = pc.not_equal(mid, "")
-    ids = pc.unique(mid.filter(has_id))
-    if not len(ids):
-        return data
+    out = []
+    for table in tables:
+        kept = table
+        if not _distinct(pc.fill_null(table.column("message_id"), "")):
+            # a repeated id (or several empty ones): keep the first of each
+            keep = _first_of_each(_event_keys(table))
+            if len(keep) != table.num_rows:
+                kept = table.take(pa.array(keep, pa.int64()))
+        out.append(kept)
+    mids = [pc.fill_null(pc.cast(d.column("message_id"), pa.string()), "") for d in out]
+    has = [pc.not_equal(m, "") for m in mids]
+    keys = [_app_id_keys(d, m).filter(h) for d, m, h in zip(out, mids, has, strict=True)]
+    everything = pa.chunked_array(keys, type=pa.string())
+    if not len(everything):
+        return out
+    ids = pc.unique(pa.chunked_array([m.filter(h) for m, h in zip(mids, has, strict=True)], type=pa.string()))
     ids = ids.take(pc.array_sort_indices(ids))
+    apps = pc.unique(pa.chunked_array([pc.cast(d.column("app_id"), pa.string()).filter(h)
+                                       for d, h in zip(out, has, strict=True)], type=pa.string()))
     rows = client.query(
         f"SELECT DISTINCT app_id, message_id FROM {ids_table} "
         "WHERE app_id IN %(apps)s AND message_id IN " + _ids_subquery(ids.to_pylist()),
-        parameters={"apps": tuple(sorted(pc.unique(data.column("app_id").filter(has_id)).to_pylist()))},
+        parameters={"apps": tuple(sorted(apps.to_pylist()))},
         settings=_LOOKUP_SETTINGS,
     ).result_rows
-    if not rows:
-        return data
-    stored = {(str(a), str(m)) for a, m in rows}
-    keep = [i for i, k in enumerate(_event_keys(data)) if k is None or k not in stored]
-    return data.take(pa.array(keep, pa.int64()))
+    if not rows and pc.count_distinct(everything).as_py() == len(everything):
+        return out  # nothing stored, no id in two batches: the common case, no row-level work
+    earlier = pa.array([f"{len(str(a))}:{a}:{m}" for a, m in rows], pa.string())
+    result = []
+    for d, m, h in zip(out, mids, has, strict=True):
+        key = _app_id_keys(d, m).combine_chunks()
+        drop = pc.and_(h, pc.is_in(key, value_set=earlier))
+        result.append(d.filter(pc.invert(drop)))
+        earlier = pa.concat_arrays([earlier, key.filter(h).combine_chunks()])
+    return result
+
+
+def _app_id_keys(data: Any, mid: Any) -> Any:
+    """One text key per row for Arrow's set lookups: ``<length of app_id>:<app_id>:<message_id>``
+    (the length makes it unambiguous whatever characters the two hold)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    app = pc.cast(data.column("app_id"), pa.string())
+    return pc.binary_join_element_wise(pc.cast(pc.utf8_length(app), pa.string()), app, mid, ":")
 
 
 def _event_keys(data: Any) -> list[tuple[str, str] | None]:
@@ -276,6 +309,18 @@ def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
     return data.take(pa.array(keep, pa.int64()))
 
 
+@contextlib.contextmanager
+def _failure(b: Any, what: str) -> Iterator[None]:
+    """Any error inside becomes :class:`StorageUnavailable` naming the batch (the loop retries it)."""
+    try:
+        yield
+    except Exception as exc:
+        raise StorageUnavailable(
+            f"ClickHouse {what} {b.kind} failed: {exc}", topic=b.topic, partition=b.partition,
+            first_offset=b.first_offset, last_offset=b.last_offset, code=getattr(exc, "code", None),
+        ) from exc
+
+
 class ClickHouseSink:
     """Writes batches to ``events``, ``sessions``, ``invalid_events`` and ``fx_rates``.
 
@@ -323,8 +368,9 @@ class ClickHouseSink:
         except Exception as exc:
             raise StorageUnavailable(f"ClickHouse did not accept the batch intents: {exc}") from exc
         specs = {"events": EVENTS, "sessions": SESSIONS, "invalid": INVALID}
+        prepared: list[tuple[Any, str, Any]] = []
         for b in batches:
-            try:
+            with _failure(b, "conversion for"):
                 if b.kind == "fx":
                     table, data = "fx_rates", fx_to_arrow(b.records)
                 elif b.table is not None:
@@ -343,19 +389,22 @@ class ClickHouseSink:
                                 months[app] = self._months(app)
                             r["retention_months"] = months[app]
                     table, data = spec.table, spec.to_arrow(b.records, b.topic, b.partition, b.offsets)
-                if b.kind == "events" and data.num_rows:
-                    data = drop_stored_events(self.client, data)
-                elif b.kind == "invalid" and data.num_rows:
+                prepared.append((b, table, data))
+        # the events of every batch looked up at once (one query per flush, not per partition)
+        events = [i for i, (b, _, data) in enumerate(prepared) if b.kind == "events" and data.num_rows]
+        if events:
+            with _failure(prepared[events[0]][0], "replay lookup for"):
+                kept = drop_stored_events_many(self.client, [prepared[i][2] for i in events])
+            for i, data in zip(events, kept, strict=True):
+                prepared[i] = (prepared[i][0], prepared[i][1], data)
+        for b, table, converted in prepared:
+            with _failure(b, "insert into"):
+                data = converted
+                if b.kind == "invalid" and data.num_rows:
                     data = drop_stored_dead_letters(self.client, table, data)
                 if data.num_rows:
                     self.client.insert_arrow(table, data, settings=insert_settings(b.kind, data, b.token))
                     self.inserts += 1
-            except Exception as exc:
-                raise StorageUnavailable(
-                    f"ClickHouse insert into {b.kind} failed: {exc}", topic=b.topic, partition=b.partition,
-                    first_offset=b.first_offset, last_offset=b.last_offset,
-                    code=getattr(exc, "code", None),
-                ) from exc
 
     def _months_array(self, table: Any) -> Any:
         import pyarrow as pa

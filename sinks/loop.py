@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
 from schemas import Codec
 from sinks.base import Batch, Sink
@@ -38,6 +38,9 @@ from sinks.settings import SinkSettings
 from trackflow.config import KafkaSettings, Topics
 
 log = logging.getLogger("trackflow.sink")
+
+#: records per ``consume`` call; a call that returns this many means a backlog (see ``Batcher.due``)
+CONSUME_BATCH = 10_000
 
 
 class SinkLoop:
@@ -75,6 +78,7 @@ class SinkLoop:
         self.stop_event = threading.Event()
         self.pending: list[Batch] = []
         self.paused = False
+        self.backlog = False  # the last consume call returned a full CONSUME_BATCH
         self.stats: dict[str, Any] = {
             "rows_written": 0, "batches_written": 0, "flushes": 0, "write_failures": 0,
             "decode_errors": 0, "commit_failures": 0, "last_flush_at": None, "last_error": None, "healthy": True,
@@ -173,9 +177,10 @@ class SinkLoop:
         try:
             while not self.stop_event.is_set():
                 timeout = 0.1 if (self.paused or self.pending) else min(0.25, self.settings.sink_batch_age_s)
-                msgs = consumer.consume(num_messages=10_000, timeout=timeout)
-                now = time.monotonic()
-                runs: dict[tuple[Any, Any], tuple[list[Any], list[Any]]] = {}
+                msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=timeout)
+                now, wall = time.monotonic(), time.time()
+                self.backlog = len(msgs) >= CONSUME_BATCH
+                runs: dict[tuple[Any, Any], tuple[list[Any], list[Any], Any]] = {}
                 for m in msgs:
                     err = m.error()
                     if err is not None:
@@ -185,16 +190,19 @@ class SinkLoop:
                     tp = (m.topic(), m.partition())
                     run = runs.get(tp)
                     if run is None:
-                        run = runs[tp] = ([], [])
+                        run = runs[tp] = ([], [], m.timestamp())
                     run[0].append(m.offset())
                     run[1].append(m.value())
-                for (topic, partition), (offsets, values) in runs.items():
+                for (topic, partition), (offsets, values, (ts_type, ts)) in runs.items():
                     kind = self.kinds.get(topic)
                     if kind is not None:  # decoded per batch
-                        self.batcher.add_many(topic, partition, offsets, values, kind, now)
+                        written = None
+                        if ts_type != TIMESTAMP_NOT_AVAILABLE and ts > 0:
+                            written = now - max(0.0, wall - ts / 1000)
+                        self.batcher.add_many(topic, partition, offsets, values, kind, now, written)
                 if self.batcher.rows >= self.settings.sink_max_buffer_rows and not self.paused:
                     self._pause()
-                if self.pending or self.batcher.due(now) or self.paused:
+                if self.pending or self.batcher.due(now, self.backlog) or self.paused:
                     try:
                         self._flush()
                     except SinkError:
@@ -250,7 +258,7 @@ class SinkLoop:
         if self.pending and now < self._retry_at and not force:
             return
         if not self.pending:
-            if not (force or self.batcher.due(now) or self.paused):
+            if not (force or self.batcher.due(now, self.backlog) or self.paused):
                 return
             self.pending = [self._decode(b) for b in self.batcher.take(now)]
         if not self.pending:

@@ -197,3 +197,16 @@ def test_an_existing_installation_gets_its_recent_ids_into_the_lookup_table(ch_c
         assert kept.column("message_id").to_pylist() == ["up2-m0"]
     finally:
         ch_client.command(f"DROP DATABASE IF EXISTS `{db}`")
+
+
+def test_an_event_in_two_batches_of_one_flush_is_stored_once(ch_client):
+    # a re-emit that landed on another partition, consumed in the same flush as the original
+    app = f"two-{uuid.uuid4().hex[:8]}"
+    evs = _events(app, int(time.time() * 1000) - 30, 6)
+    ch = ClickHouseSink(ch_client, group="test-replays")
+    ch.write([_batch(f"two.{app}", 0, evs[:4], arrow=True),
+              Batch(f"two.{app}", 1, [0, 1, 2, 3], [], "events", table=_arrow(evs[2:]))])
+    rows = ch_client.query("SELECT message_id, count() FROM events WHERE app_id = {a:String} GROUP BY message_id",
+                           parameters={"a": app}).result_rows
+    assert sorted(rows) == sorted((e["message_id"], 1) for e in evs)
+    assert _count(ch_client, "SELECT sum(events) FROM daily_active WHERE app_id = {a:String}", app) == 6

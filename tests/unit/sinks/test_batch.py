@@ -83,3 +83,28 @@ def test_a_plan_the_consumer_is_already_past_is_dropped_not_waited_for():
     out = b.take(1.0)
     assert [x.token for x in out] == ["t/0/20-24", "t/0/25-26"]
     assert b.rows == 0
+
+
+def test_age_counts_from_when_kafka_got_the_first_record():
+    b = Batcher(max_rows=100, max_age_s=1.0)
+    # read at t=10.0, written to Kafka 0.7 s earlier (it waited while the sink flushed)
+    b.add_many("t", 0, [0, 1], [{}, {}], "events", 10.0, written=9.3)
+    assert not b.due(10.2) and b.due(10.3)
+    # later records do not make the buffer younger, nor older
+    b.add_many("t", 0, [2], [{}], "events", 10.25, written=5.0)
+    assert not b.due(10.29)
+    assert b.oldest_age(10.3) == 10.3 - 9.3
+
+
+def test_a_record_stamped_in_the_future_counts_from_when_it_was_read():
+    b = Batcher(max_rows=100, max_age_s=1.0)
+    b.add_many("t", 1, [0], [{}], "events", 20.0, written=25.0)  # the producer's clock is ahead
+    assert not b.due(20.9) and b.due(21.0)
+
+
+def test_a_backlog_is_flushed_in_full_batches_only():
+    b = Batcher(max_rows=5, max_age_s=1.0)
+    b.add_many("t", 0, [0, 1, 2], [{}, {}, {}], "events", 0.0, written=-60.0)  # a minute late
+    assert b.due(0.0) and not b.due(0.0, backlog=True)
+    b.add_many("t", 0, [3, 4], [{}, {}], "events", 0.1)
+    assert b.due(0.1, backlog=True)  # 5 rows: a full batch

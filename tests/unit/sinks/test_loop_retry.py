@@ -153,3 +153,83 @@ def test_committed_offsets_that_never_come_are_left_out(monkeypatch: Any):
     coordinator = Loading()
     assert _loop(FakeConsumer())._committed(coordinator, [Answer("x.events.enriched", 0, -1001)]) == {}  # type: ignore[arg-type]
     assert coordinator.calls == 5
+
+
+class Msg:
+    """A record as confluent-kafka's ``consume`` returns it."""
+
+    def __init__(self, topic: str, partition: int, offset: int, ts_ms: int) -> None:
+        self._t, self._p, self._o, self._ts = topic, partition, offset, ts_ms
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def value(self) -> bytes:
+        return b"x"
+
+    def timestamp(self) -> tuple[int, int]:
+        from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+        return TIMESTAMP_CREATE_TIME, self._ts
+
+
+class ScriptedConsumer(FakeConsumer):
+    """Answers ``consume`` from a script of message lists, then stops the loop."""
+
+    def __init__(self, loop: SinkLoop, script: list[list[Msg]]) -> None:
+        super().__init__()
+        self.loop, self.script = loop, script
+
+    def subscribe(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[Msg]:
+        if not self.script:
+            self.loop.stop()
+            return []
+        return self.script.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_loop_ages_buffers_from_kafka_timestamps_and_sees_a_backlog(monkeypatch):
+    import time
+
+    import sinks.loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "CONSUME_BATCH", 3)
+    settings = SinkSettings(sink_batch_rows=100, sink_batch_age_s=60)
+    ch = FlakySink(failures=0)
+    codec = type("Codec", (), {"decode": lambda self, v, topic: {"v": v}})()
+    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, ch, [], codecs={"events": codec})  # type: ignore[arg-type]
+    topic = "x.events.enriched"
+    old = int(time.time() * 1000) - 30_000  # written 30 s ago
+    seen: list[tuple[bool, float]] = []
+    consumer = ScriptedConsumer(loop, [[Msg(topic, 0, 0, old), Msg(topic, 0, 1, old), Msg(topic, 0, 2, old)],
+                                       [Msg(topic, 1, 0, old)]])
+    real_consume = consumer.consume
+
+    def observe(num_messages: int, timeout: float) -> list[Msg]:
+        if loop.batcher.rows:
+            seen.append((loop.backlog, loop.batcher.oldest_age(time.monotonic())))
+        return real_consume(num_messages, timeout)
+
+    consumer.consume = observe  # type: ignore[method-assign]
+    monkeypatch.setattr(loop, "_make_consumer", lambda: consumer)
+    loop.run()
+    # after a full consume call (3 = CONSUME_BATCH): a backlog, so no flush by age yet; the buffer
+    # is 30 s old (its Kafka timestamp), not as old as the read
+    backlog, age = seen[0]
+    assert backlog and 29 < age < 40
+    # after the short call: no backlog, overdue by age, flushed (and the final flush took the rest)
+    assert ch.written == [["x.events.enriched/0/0-2", "x.events.enriched/1/0-0"]]

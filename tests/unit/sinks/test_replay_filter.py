@@ -88,3 +88,25 @@ def test_a_dead_letter_retried_at_another_position_is_stored_once():
     assert drop_stored_dead_letters(FakeClient([]), "invalid_events", data).column("_offset").to_pylist() == [0, 2]
     stored = FakeClient([("a", "x3", "validate", "bad", "raw", 3, 77)])
     assert drop_stored_dead_letters(stored, "invalid_events", data).column("_offset").to_pylist() == [0]
+
+
+def test_the_batches_of_a_flush_share_one_lookup_and_see_each_other():
+    from sinks.clickhouse import drop_stored_events_many
+
+    client = FakeClient([("a", "m2")])
+    first = _events(["m1", "m2", "m3"])
+    # another partition's batch: m1 again (a re-emit on another partition), m1 of another app, new m4
+    second = _events(["m1", "m1", "m4", ""], ["a", "b", "a", "a"])
+    out = drop_stored_events_many(client, [first, second])
+    assert [t.column("message_id").to_pylist() for t in out] == [["m1", "m3"], ["m1", "m4", ""]]
+    assert out[1].column("app_id").to_pylist() == ["b", "a", "a"]
+    (sql, params), = client.queries  # one query for both
+    assert params["apps"] == ("a", "b") and """'["m1","m2","m3","m4"]'""" in sql
+
+
+def test_an_app_id_and_message_id_split_differently_are_different_keys():
+    from sinks.clickhouse import drop_stored_events_many
+
+    # "a:b" + "c" and "a" + "b:c" would collide in a key joined with ":" alone
+    out = drop_stored_events_many(FakeClient([("a:b", "c")]), [_events(["b:c"], ["a"])])
+    assert out[0].num_rows == 1
