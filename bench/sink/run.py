@@ -14,7 +14,7 @@ Phases (each printed with its figures):
 5. latency: events produced at a steady rate (default 5000/s for 10 s) with the produce time in
    ``processed_at``; the time until each row's batch is committed (visible in ClickHouse): p50/p95.
 
-Usage: ``.venv/bin/python bench/sink/run.py [--events 300000] [--rate 5000] [--seconds 10]``.
+Usage: ``.venv/bin/python bench/sink/run.py [--events 300000] [--rate 5000] [--seconds 10] [--only latency]``.
 Needs Kafka and Redis (``trackflow stack up``); ClickHouse is embedded in a temporary folder.
 """
 
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--rate", type=float, default=5000)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--only", choices=["latency"], help="run only the latency phase (5), on an empty database")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:6]
@@ -117,82 +118,83 @@ def main() -> None:
     ch, core, settings = ClickHouseSettings(), CoreSettings(), SinkSettings()
     run_migrations(ch, core, settings)
 
-    n = args.events
-    records = make_records(n, int(time.time() * 1000))
-    t = time.monotonic()
-    produce(kafka.kafka_bootstrap, topic, records)
-    print(f"produced {n} events in {time.monotonic() - t:.1f}s")
+    if args.only != "latency":
+        n = args.events
+        records = make_records(n, int(time.time() * 1000))
+        t = time.monotonic()
+        produce(kafka.kafka_bootstrap, topic, records)
+        print(f"produced {n} events in {time.monotonic() - t:.1f}s")
 
-    # 2. the sink loop, from the pre-filled topic
-    loop = build_loop(settings, ch, core)
-    done = threading.Event()
+        # 2. the sink loop, from the pre-filled topic
+        loop = build_loop(settings, ch, core)
+        done = threading.Event()
 
-    def on_flush(_: list) -> None:
-        if loop.stats["rows_written"] >= n:
-            done.set()
+        def on_flush(_: list) -> None:
+            if loop.stats["rows_written"] >= n:
+                done.set()
 
-    loop.on_flush = on_flush
-    th = threading.Thread(target=loop.run, daemon=True)
-    t = time.monotonic()
-    th.start()
-    while loop.batcher.rows == 0 and not done.is_set() and time.monotonic() - t < 60:
-        time.sleep(0.005)
-    t_first = time.monotonic()  # partitions assigned, records flowing
-    cpu0 = time.process_time()
-    done.wait(300)
-    sink_s = time.monotonic() - t_first
-    sink_cpu_us = (time.process_time() - cpu0) / n * 1e6
-    join_s = t_first - t
-    loop.stop()
-    th.join(30)
-    client = connect(ch, core)
-    rows = client.query("SELECT count() FROM events").result_rows[0][0]
-    sink_rate = n / sink_s
-    print(f"sink: {rows} rows in ClickHouse, {n} events committed in {sink_s:.2f}s after the first record "
-          f"-> {sink_rate:,.0f} rows/s ({loop.stats['flushes']} flushes; group join took {join_s:.1f}s more); "
-          f"process CPU {sink_cpu_us:.1f} us/row")
+        loop.on_flush = on_flush
+        th = threading.Thread(target=loop.run, daemon=True)
+        t = time.monotonic()
+        th.start()
+        while loop.batcher.rows == 0 and not done.is_set() and time.monotonic() - t < 60:
+            time.sleep(0.005)
+        t_first = time.monotonic()  # partitions assigned, records flowing
+        cpu0 = time.process_time()
+        done.wait(300)
+        sink_s = time.monotonic() - t_first
+        sink_cpu_us = (time.process_time() - cpu0) / n * 1e6
+        join_s = t_first - t
+        loop.stop()
+        th.join(30)
+        client = connect(ch, core)
+        rows = client.query("SELECT count() FROM events").result_rows[0][0]
+        sink_rate = n / sink_s
+        print(f"sink: {rows} rows in ClickHouse, {n} events committed in {sink_s:.2f}s after the first record "
+              f"-> {sink_rate:,.0f} rows/s ({loop.stats['flushes']} flushes; group join took {join_s:.1f}s more); "
+              f"process CPU {sink_cpu_us:.1f} us/row")
 
-    # 3. bare insert_arrow of the same rows, 50k-row inserts, in two variants:
-    #    same table: a second database migrated like the first (events with its materialized views
-    #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
-    #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
-    #    (the baseline of the earlier reports).
-    migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
-    client.command("CREATE TABLE bench.events_bare AS bench.events")
-    table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
+        # 3. bare insert_arrow of the same rows, 50k-row inserts, in two variants:
+        #    same table: a second database migrated like the first (events with its materialized views
+        #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
+        #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
+        #    (the baseline of the earlier reports).
+        migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
+        client.command("CREATE TABLE bench.events_bare AS bench.events")
+        table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
 
-    def bare(target: str, with_settings: bool) -> tuple[float, float]:
-        t, cpu = time.monotonic(), time.process_time()
-        for i in range(0, n, 50_000):
-            part = table.slice(i, 50_000)
-            s = insert_settings("events", part, f"{topic}/0/{i}-{i + part.num_rows - 1}") if with_settings else None
-            client.insert_arrow(target, part, settings=s)
-        return n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
+        def bare(target: str, with_settings: bool) -> tuple[float, float]:
+            t, cpu = time.monotonic(), time.process_time()
+            for i in range(0, n, 50_000):
+                part = table.slice(i, 50_000)
+                s = insert_settings("events", part, f"{topic}/0/{i}-{i + part.num_rows - 1}") if with_settings else None
+                client.insert_arrow(target, part, settings=s)
+            return n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
 
-    same_rate, same_cpu = bare("bench_bare.events", True)
-    legacy_rate, legacy_cpu = bare("bench.events_bare", False)
-    print(f"bare insert_arrow, same table (with its MVs) and insert settings as the sink (50k-row inserts): "
-          f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
-          f"(CPU: {same_cpu / sink_cpu_us:.0%})")
-    print(f"bare insert_arrow, events_bare (no MVs, default settings, no token; earlier baseline): "
-          f"{legacy_rate:,.0f} rows/s, CPU {legacy_cpu:.1f} us/row -> ratio sink / bare: "
-          f"{sink_rate / legacy_rate:.0%} (CPU: {legacy_cpu / sink_cpu_us:.0%})")
+        same_rate, same_cpu = bare("bench_bare.events", True)
+        legacy_rate, legacy_cpu = bare("bench.events_bare", False)
+        print(f"bare insert_arrow, same table (with its MVs) and insert settings as the sink (50k-row inserts): "
+              f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
+              f"(CPU: {same_cpu / sink_cpu_us:.0%})")
+        print(f"bare insert_arrow, events_bare (no MVs, default settings, no token; earlier baseline): "
+              f"{legacy_rate:,.0f} rows/s, CPU {legacy_cpu:.1f} us/row -> ratio sink / bare: "
+              f"{sink_rate / legacy_rate:.0%} (CPU: {legacy_cpu / sink_cpu_us:.0%})")
 
-    # 4. Redis counters alone
-    rs = RedisSettings()
-    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
-    rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")
-    decoded = ArrowDecoder("enriched_event", codec("enriched_event"))
-    enc = codec("enriched_event")
-    tables = [decoded.decode([enc.encode(x, "solo") for x in records[i : i + 50_000]], "solo")[0]
-              for i in range(0, n, 50_000)]
-    t = time.monotonic()
-    off = 0
-    for tb in tables:
-        rsink.write([Batch("solo", 0, list(range(off, off + tb.num_rows)), [], table=tb)])
-        off += tb.num_rows
-    red_s = time.monotonic() - t
-    print(f"redis counters: {n / red_s:,.0f} events/s (Arrow group-by plan + Lua, 50k-event batches)")
+        # 4. Redis counters alone
+        rs = RedisSettings()
+        r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+        rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")
+        decoded = ArrowDecoder("enriched_event", codec("enriched_event"))
+        enc = codec("enriched_event")
+        tables = [decoded.decode([enc.encode(x, "solo") for x in records[i : i + 50_000]], "solo")[0]
+                  for i in range(0, n, 50_000)]
+        t = time.monotonic()
+        off = 0
+        for tb in tables:
+            rsink.write([Batch("solo", 0, list(range(off, off + tb.num_rows)), [], table=tb)])
+            off += tb.num_rows
+        red_s = time.monotonic() - t
+        print(f"redis counters: {n / red_s:,.0f} events/s (Arrow group-by plan + Lua, 50k-event batches)")
 
     # 5. latency at a steady rate: produce -> committed (visible in ClickHouse)
     lat: list[float] = []
@@ -222,8 +224,9 @@ def main() -> None:
     if lat:
         print(f"latency Kafka -> visible in ClickHouse at {args.rate:.0f} ev/s: p50 {pct(lat, 0.5):.2f}s, "
               f"p95 {pct(lat, 0.95):.2f}s, p99 {pct(lat, 0.99):.2f}s ({len(lat)} of {m} events)")
-    r.close()
-    client.close()
+    if args.only != "latency":
+        r.close()
+        client.close()
 
 
 if __name__ == "__main__":
