@@ -233,3 +233,23 @@ def test_the_loop_ages_buffers_from_kafka_timestamps_and_sees_a_backlog(monkeypa
     assert backlog and 29 < age < 40
     # after the short call: no backlog, overdue by age, flushed (and the final flush took the rest)
     assert ch.written == [["x.events.enriched/0/0-2", "x.events.enriched/1/0-0"]]
+
+
+def test_a_flush_decodes_its_batches_in_parallel_and_counts_undecodable_records():
+    class Codec:
+        def decode(self, v: bytes, topic: str) -> dict:
+            if v == b"bad":
+                raise ValueError("not Avro")
+            return {"v": v}
+
+    settings = SinkSettings(sink_batch_rows=100, sink_batch_age_s=60)
+    ch = FlakySink(failures=0)
+    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, ch, [], codecs={"events": Codec()})  # type: ignore[arg-type]
+    loop._consumer = FakeConsumer()  # type: ignore[assignment]
+    topic = "x.events.enriched"
+    loop.batcher.add_many(topic, 0, [0, 1, 2], [b"a", b"bad", b"c"], "events", 0.0)
+    loop.batcher.add_many(topic, 1, [5, 6], [b"bad", b"d"], "events", 0.0)
+    loop._flush(force=True)
+    assert ch.written == [["x.events.enriched/0/0-2", "x.events.enriched/1/5-6"]]
+    assert loop.stats["decode_errors"] == 2 and loop.stats["rows_written"] == 3
+    assert loop._consumer.commits == [[(topic, 0, 3), (topic, 1, 7)]]  # type: ignore[attr-defined]
