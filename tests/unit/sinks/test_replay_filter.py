@@ -110,3 +110,11 @@ def test_an_app_id_and_message_id_split_differently_are_different_keys():
     # "a:b" + "c" and "a" + "b:c" would collide in a key joined with ":" alone
     out = drop_stored_events_many(FakeClient([("a:b", "c")]), [_events(["b:c"], ["a"])])
     assert out[0].num_rows == 1
+
+
+def test_strings_joins_arrays_and_chunked_arrays_chunk_by_chunk():
+    from sinks.clickhouse import _strings
+
+    parts = [pa.chunked_array([pa.array(["a", "b"]), pa.array(["c"])]), pa.array(["d"]), pa.chunked_array([], pa.string())]
+    out = _strings(parts)
+    assert out.to_pylist() == ["a", "b", "c", "d"] and out.num_chunks == 3
