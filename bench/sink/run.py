@@ -227,6 +227,23 @@ def main() -> None:
     if args.only != "latency":
         r.close()
         client.close()
+    # the run's live counters and seen sets (hundreds of MB after a few runs) leave the shared Redis,
+    # whose AOF rewrites would otherwise slow every later run down
+    cleanup = redis.Redis.from_url(RedisSettings().redis_url.get_secret_value())
+    removed = sum(cleanup.unlink(*keys) for keys in _batched(cleanup.scan_iter(f"bench{tag}:*", count=1000)))
+    cleanup.close()
+    print(f"removed {removed} Redis keys of this run")
+
+
+def _batched(it, n: int = 500):
+    batch = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 if __name__ == "__main__":
