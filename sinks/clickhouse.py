@@ -222,10 +222,10 @@ def drop_stored_events_many(client: Client, tables: list[Any], ids_table: str = 
             if len(keep) != table.num_rows:
                 kept = table.take(pa.array(keep, pa.int64()))
         out.append(kept)
-    mids = [pc.fill_null(pc.cast(d.column("message_id"), pa.string()), "") for d in out]
+    mids = [pc.fill_null(pc.cast(d.column("message_id"), pa.string()), "").combine_chunks() for d in out]
     has = [pc.not_equal(m, "") for m in mids]
-    keys = [_app_id_keys(d, m).filter(h) for d, m, h in zip(out, mids, has, strict=True)]
-    everything = _strings(keys)
+    keys = [_app_id_keys(d.column("app_id").combine_chunks(), m) for d, m in zip(out, mids, strict=True)]
+    everything = _strings([k.filter(h) for k, h in zip(keys, has, strict=True)])
     if not len(everything):
         return out
     ids = pc.unique(_strings([m.filter(h) for m, h in zip(mids, has, strict=True)]))
@@ -239,13 +239,13 @@ def drop_stored_events_many(client: Client, tables: list[Any], ids_table: str = 
     ).result_rows
     if not rows and pc.count_distinct(everything).as_py() == len(everything):
         return out  # nothing stored, no id in two batches: the common case, no row-level work
-    earlier = pa.array([f"{len(str(a))}:{a}:{m}" for a, m in rows], pa.string())
+    earlier = _app_id_keys(pa.array([str(a) for a, _ in rows], pa.string()),
+                           pa.array([str(m) for _, m in rows], pa.string()))
     result = []
-    for d, m, h in zip(out, mids, has, strict=True):
-        key = _app_id_keys(d, m).combine_chunks()
+    for d, key, h in zip(out, keys, has, strict=True):
         drop = pc.and_(h, pc.is_in(key, value_set=earlier))
         result.append(d.filter(pc.invert(drop)))
-        earlier = pa.concat_arrays([earlier, key.filter(h).combine_chunks()])
+        earlier = pa.concat_arrays([earlier, key.filter(h)])
     return result
 
 
@@ -261,13 +261,13 @@ def _strings(parts: list[Any]) -> Any:
     return pa.chunked_array(chunks, type=pa.string())
 
 
-def _app_id_keys(data: Any, mid: Any) -> Any:
+def _app_id_keys(app_id: Any, mid: Any) -> Any:
     """One text key per row for Arrow's set lookups: ``<length of app_id>:<app_id>:<message_id>``
     (the length makes it unambiguous whatever characters the two hold)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    app = pc.cast(data.column("app_id"), pa.string())
+    app = pc.cast(app_id, pa.string())
     return pc.binary_join_element_wise(pc.cast(pc.utf8_length(app), pa.string()), app, mid, ":")
 
 

@@ -264,8 +264,7 @@ class SinkLoop:
             taken = self.batcher.take(now)
             # decoded in parallel: polars' Avro reader releases the GIL (a 4-partition flush of
             # 50k rows: ~145 ms instead of ~200-250 ms on 2 cores)
-            self.pending = list(self._decode_pool.map(self._decode, taken)) if len(taken) > 1 else [
-                self._decode(b) for b in taken]
+            self.pending = list(self._decode_pool.map(self._decode, taken))
             self.stats["decode_errors"] += sum(len(a) - len(b) for a, b in zip(taken, self.pending, strict=True))
         if not self.pending:
             if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:

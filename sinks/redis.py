@@ -45,6 +45,12 @@ CHUNK = 1000
 Op = tuple[str, str, int, list[str]]
 
 
+def delete_prefixed(client: redis_lib.Redis[Any], prefix: str) -> int:
+    """Delete every key that starts with ``prefix`` (SCAN, then UNLINK in groups); returns how many."""
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    return sum(int(client.unlink(*keys[i : i + 500])) for i in range(0, len(keys), 500))
+
+
 def _day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y%m%d")
 

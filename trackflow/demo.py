@@ -144,10 +144,10 @@ def reset_data(core: CoreSettings) -> None:
         shutil.rmtree(core.home / sub, ignore_errors=True)
     import redis
 
+    from sinks.redis import delete_prefixed
+
     rs = RedisSettings()
-    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
-    for k in r.scan_iter(match=f"{rs.redis_key_prefix}*", count=1000):
-        r.delete(k)
+    delete_prefixed(redis.Redis.from_url(rs.redis_url.get_secret_value()), rs.redis_key_prefix)
     local_stack.ensure_topics(kafka)
 
 

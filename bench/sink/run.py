@@ -83,6 +83,99 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
+    """Phases 1-4: pre-fill, the sink loop, the bare insert baselines, Redis alone."""
+    import redis
+
+    from schemas import codec
+    from sinks.base import Batch
+    from sinks.clickhouse import connect, insert_settings
+    from sinks.decode import ArrowDecoder
+    from sinks.migrate import migrate
+    from sinks.redis import RedisSink
+    from sinks.rows import EVENTS
+    from sinks.service import build_loop
+    from trackflow.config import RedisSettings
+
+    records = make_records(n, int(time.time() * 1000))
+    t = time.monotonic()
+    produce(kafka.kafka_bootstrap, topic, records)
+    print(f"produced {n} events in {time.monotonic() - t:.1f}s")
+
+    # 2. the sink loop, from the pre-filled topic
+    loop = build_loop(settings, ch, core)
+    done = threading.Event()
+
+    def on_flush(_: list) -> None:
+        if loop.stats["rows_written"] >= n:
+            done.set()
+
+    loop.on_flush = on_flush
+    th = threading.Thread(target=loop.run, daemon=True)
+    t = time.monotonic()
+    th.start()
+    while loop.batcher.rows == 0 and not done.is_set() and time.monotonic() - t < 60:
+        time.sleep(0.005)
+    t_first = time.monotonic()  # partitions assigned, records flowing
+    cpu0 = time.process_time()
+    done.wait(300)
+    sink_s = time.monotonic() - t_first
+    sink_cpu_us = (time.process_time() - cpu0) / n * 1e6
+    join_s = t_first - t
+    loop.stop()
+    th.join(30)
+    client = connect(ch, core)
+    rows = client.query("SELECT count() FROM events").result_rows[0][0]
+    sink_rate = n / sink_s
+    print(f"sink: {rows} rows in ClickHouse, {n} events committed in {sink_s:.2f}s after the first record "
+          f"-> {sink_rate:,.0f} rows/s ({loop.stats['flushes']} flushes; group join took {join_s:.1f}s more); "
+          f"process CPU {sink_cpu_us:.1f} us/row")
+
+    # 3. bare insert_arrow of the same rows, 50k-row inserts, in two variants:
+    #    same table: a second database migrated like the first (events with its materialized views
+    #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
+    #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
+    #    (the baseline of the earlier reports).
+    migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
+    client.command("CREATE TABLE bench.events_bare AS bench.events")
+    table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
+
+    def bare(target: str, with_settings: bool) -> tuple[float, float]:
+        t, cpu = time.monotonic(), time.process_time()
+        for i in range(0, n, 50_000):
+            part = table.slice(i, 50_000)
+            s = insert_settings("events", part, f"{topic}/0/{i}-{i + part.num_rows - 1}") if with_settings else None
+            client.insert_arrow(target, part, settings=s)
+        return n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
+
+    same_rate, same_cpu = bare("bench_bare.events", True)
+    legacy_rate, legacy_cpu = bare("bench.events_bare", False)
+    print(f"bare insert_arrow, same table (with its MVs) and insert settings as the sink (50k-row inserts): "
+          f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
+          f"(CPU: {same_cpu / sink_cpu_us:.0%})")
+    print(f"bare insert_arrow, events_bare (no MVs, default settings, no token; earlier baseline): "
+          f"{legacy_rate:,.0f} rows/s, CPU {legacy_cpu:.1f} us/row -> ratio sink / bare: "
+          f"{sink_rate / legacy_rate:.0%} (CPU: {legacy_cpu / sink_cpu_us:.0%})")
+
+    # 4. Redis counters alone
+    rs = RedisSettings()
+    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+    rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")
+    decoded = ArrowDecoder("enriched_event", codec("enriched_event"))
+    enc = codec("enriched_event")
+    tables = [decoded.decode([enc.encode(x, "solo") for x in records[i : i + 50_000]], "solo")[0]
+              for i in range(0, n, 50_000)]
+    t = time.monotonic()
+    off = 0
+    for tb in tables:
+        rsink.write([Batch("solo", 0, list(range(off, off + tb.num_rows)), [], table=tb)])
+        off += tb.num_rows
+    red_s = time.monotonic() - t
+    print(f"redis counters: {n / red_s:,.0f} events/s (Arrow group-by plan + Lua, 50k-event batches)")
+    r.close()
+    client.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=300_000)
@@ -100,13 +193,7 @@ def main() -> None:
     os.environ.pop("TRACKFLOW_CLICKHOUSE_URL", None)
     import redis
 
-    from schemas import codec
-    from sinks.base import Batch
-    from sinks.clickhouse import connect, insert_settings
-    from sinks.decode import ArrowDecoder
-    from sinks.migrate import migrate
-    from sinks.redis import RedisSink
-    from sinks.rows import EVENTS
+    from sinks.redis import delete_prefixed
     from sinks.service import build_loop, run_migrations
     from sinks.settings import SinkSettings
     from trackflow.config import ClickHouseSettings, CoreSettings, KafkaSettings, RedisSettings
@@ -119,82 +206,7 @@ def main() -> None:
     run_migrations(ch, core, settings)
 
     if args.only != "latency":
-        n = args.events
-        records = make_records(n, int(time.time() * 1000))
-        t = time.monotonic()
-        produce(kafka.kafka_bootstrap, topic, records)
-        print(f"produced {n} events in {time.monotonic() - t:.1f}s")
-
-        # 2. the sink loop, from the pre-filled topic
-        loop = build_loop(settings, ch, core)
-        done = threading.Event()
-
-        def on_flush(_: list) -> None:
-            if loop.stats["rows_written"] >= n:
-                done.set()
-
-        loop.on_flush = on_flush
-        th = threading.Thread(target=loop.run, daemon=True)
-        t = time.monotonic()
-        th.start()
-        while loop.batcher.rows == 0 and not done.is_set() and time.monotonic() - t < 60:
-            time.sleep(0.005)
-        t_first = time.monotonic()  # partitions assigned, records flowing
-        cpu0 = time.process_time()
-        done.wait(300)
-        sink_s = time.monotonic() - t_first
-        sink_cpu_us = (time.process_time() - cpu0) / n * 1e6
-        join_s = t_first - t
-        loop.stop()
-        th.join(30)
-        client = connect(ch, core)
-        rows = client.query("SELECT count() FROM events").result_rows[0][0]
-        sink_rate = n / sink_s
-        print(f"sink: {rows} rows in ClickHouse, {n} events committed in {sink_s:.2f}s after the first record "
-              f"-> {sink_rate:,.0f} rows/s ({loop.stats['flushes']} flushes; group join took {join_s:.1f}s more); "
-              f"process CPU {sink_cpu_us:.1f} us/row")
-
-        # 3. bare insert_arrow of the same rows, 50k-row inserts, in two variants:
-        #    same table: a second database migrated like the first (events with its materialized views
-        #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
-        #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
-        #    (the baseline of the earlier reports).
-        migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
-        client.command("CREATE TABLE bench.events_bare AS bench.events")
-        table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
-
-        def bare(target: str, with_settings: bool) -> tuple[float, float]:
-            t, cpu = time.monotonic(), time.process_time()
-            for i in range(0, n, 50_000):
-                part = table.slice(i, 50_000)
-                s = insert_settings("events", part, f"{topic}/0/{i}-{i + part.num_rows - 1}") if with_settings else None
-                client.insert_arrow(target, part, settings=s)
-            return n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
-
-        same_rate, same_cpu = bare("bench_bare.events", True)
-        legacy_rate, legacy_cpu = bare("bench.events_bare", False)
-        print(f"bare insert_arrow, same table (with its MVs) and insert settings as the sink (50k-row inserts): "
-              f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
-              f"(CPU: {same_cpu / sink_cpu_us:.0%})")
-        print(f"bare insert_arrow, events_bare (no MVs, default settings, no token; earlier baseline): "
-              f"{legacy_rate:,.0f} rows/s, CPU {legacy_cpu:.1f} us/row -> ratio sink / bare: "
-              f"{sink_rate / legacy_rate:.0%} (CPU: {legacy_cpu / sink_cpu_us:.0%})")
-
-        # 4. Redis counters alone
-        rs = RedisSettings()
-        r = redis.Redis.from_url(rs.redis_url.get_secret_value())
-        rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")
-        decoded = ArrowDecoder("enriched_event", codec("enriched_event"))
-        enc = codec("enriched_event")
-        tables = [decoded.decode([enc.encode(x, "solo") for x in records[i : i + 50_000]], "solo")[0]
-                  for i in range(0, n, 50_000)]
-        t = time.monotonic()
-        off = 0
-        for tb in tables:
-            rsink.write([Batch("solo", 0, list(range(off, off + tb.num_rows)), [], table=tb)])
-            off += tb.num_rows
-        red_s = time.monotonic() - t
-        print(f"redis counters: {n / red_s:,.0f} events/s (Arrow group-by plan + Lua, 50k-event batches)")
+        throughput(args.events, kafka, topic, settings, ch, core)
 
     # 5. latency at a steady rate: produce -> committed (visible in ClickHouse)
     lat: list[float] = []
@@ -224,26 +236,11 @@ def main() -> None:
     if lat:
         print(f"latency Kafka -> visible in ClickHouse at {args.rate:.0f} ev/s: p50 {pct(lat, 0.5):.2f}s, "
               f"p95 {pct(lat, 0.95):.2f}s, p99 {pct(lat, 0.99):.2f}s ({len(lat)} of {m} events)")
-    if args.only != "latency":
-        r.close()
-        client.close()
     # the run's live counters and seen sets (hundreds of MB after a few runs) leave the shared Redis,
     # whose AOF rewrites would otherwise slow every later run down
     cleanup = redis.Redis.from_url(RedisSettings().redis_url.get_secret_value())
-    removed = sum(cleanup.unlink(*keys) for keys in _batched(cleanup.scan_iter(f"bench{tag}:*", count=1000)))
+    print(f"removed {delete_prefixed(cleanup, f'bench{tag}:')} Redis keys of this run")
     cleanup.close()
-    print(f"removed {removed} Redis keys of this run")
-
-
-def _batched(it, n: int = 500):
-    batch = []
-    for x in it:
-        batch.append(x)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 if __name__ == "__main__":

@@ -59,3 +59,15 @@ def test_event_ids_are_counted_once_across_chunks_and_batches(tf_env):
     sink.write([Batch("t", 0, list(range(20_000, 20_000 + len(again))), again)])
     assert live_tiles(r, prefix, "a", now)["events_this_minute"] == 9000 + 2 + 100 + 1
     r.close()
+
+
+def test_delete_prefixed_removes_exactly_the_keys_under_the_prefix(tf_env):
+    from sinks.redis import delete_prefixed
+
+    r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
+    base = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6]
+    r.mset({f"{base}:a:{i}": i for i in range(1201)} | {f"{base}-other": 1})  # more than one UNLINK group
+    assert delete_prefixed(r, f"{base}:") == 1201
+    assert list(r.scan_iter(match=f"{base}*")) == [f"{base}-other".encode()]
+    r.delete(f"{base}-other")
+    r.close()
