@@ -37,7 +37,7 @@ def test_replayed_and_overlapping_batches_are_applied_once(tf_env):
     r.close()
 
 
-def test_event_ids_are_counted_once_across_chunks_and_batches(tf_env):
+def test_event_ids_are_counted_once_in_a_large_batch_and_its_re_emit(tf_env):
     # a batch larger than one Lua unpack() may take (8,000 values), with repeats far apart and empty
     # ids, then a re-emit of part of it at new offsets
     r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
