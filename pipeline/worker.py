@@ -194,16 +194,26 @@ class TableState:
 
     Reads go to the cache, then to the snapshot being flushed, then to the table's RocksDB
     database of the event's partition. Writes stay in the cache until a flush (before each offset
-    commit, see :func:`build_app`):
+    commit, see :func:`store_state`):
 
     1. :meth:`snapshot` serialises the cache and the applied frontiers, synchronously, so it holds
        exactly the events processed so far (the agent keeps running during the awaits below);
     2. the caller waits until every output produced so far is acknowledged;
-    3. :meth:`write` puts the snapshot into RocksDB (one atomic write batch per partition: state
-       plus frontier marker) and sends it to the compacted changelogs, same partition;
-    4. the caller waits for those, then :meth:`done` drops the snapshot.
+    3. :meth:`write` stores the snapshot in :data:`STEPS` order, the caller waiting for each
+       step's changelog records before the next: the device states, then the message-id entries,
+       then the frontier markers. Each step goes to RocksDB (one write batch per partition) and
+       to the compacted changelog, same partition;
+    4. :meth:`done` drops the snapshot.
 
-    So any stored state, and any stored frontier, covers only events whose outputs exist.
+    So at any crash, in RocksDB and in the changelogs alike: frontier <= message-id entries <=
+    device states <= outputs. That order is what a replay relies on. A record at or below the
+    frontier is skipped, and a record whose message-id entry holds its own position produces
+    nothing; both are safe only if the device states already hold that record's effects (its
+    content digest among them). A restarted worker's Faust recovery replays the changelog records
+    sent since its previous recovery over RocksDB, so a changelog delivered in part must respect
+    the order too: a frontier marker sent with the states in one step once arrived without some of
+    them, and a content duplicate after the frontier met a device state without its original's
+    digest (the chaos suite's worker SIGKILL, one run in many).
     Set :attr:`partition` to the current event's partition before using it.
 
     Message-id entries expire with their window (24 h). Their expiry index lives on disk, in the
@@ -354,46 +364,66 @@ class TableState:
         self._moved.clear()
         return snap
 
-    def write(self, snap: dict[str, Any]) -> int:
-        """Write a snapshot to RocksDB and the changelogs (step 3); returns how many entries."""
+    #: the order a snapshot is stored in, each step's changelog acknowledged before the next
+    STEPS = ("devices", "seen", "marks")
+
+    def write(self, snap: dict[str, Any], step: str) -> int:
+        """Write one step of a snapshot to RocksDB and the changelogs (step 3); returns how many entries."""
         from rocksdict import WriteBatch
 
+        if step == "marks":
+            topic = self.devices.changelog_topic.get_topic_name()
+            for partition, mark in snap["marks"].items():
+                v = str(mark).encode()
+                self.devices.data._db_for_partition(partition).put(APPLIED_KEY, v)
+                self.outputs.send(topic, APPLIED_KEY, v, partition)
+            return len(snap["marks"])
+        table = self.devices if step == "devices" else self.seen
+        topic = table.changelog_topic.get_topic_name()
+        batches: dict[int, Any] = {}
         n = 0
-        for name, table in (("devices", self.devices), ("seen", self.seen)):
-            topic = table.changelog_topic.get_topic_name()
-            batches: dict[int, Any] = {}
-            if name == "devices":
-                for partition, mark in snap["marks"].items():
-                    v = str(mark).encode()
-                    batches.setdefault(partition, WriteBatch(raw_mode=True)).put(APPLIED_KEY, v)
-                    self.outputs.send(topic, APPLIED_KEY, v, partition)
-            for key, (partition, value) in snap[name].items():
-                k = key.encode()
-                wb = batches.get(partition)
-                if wb is None:
-                    wb = batches[partition] = WriteBatch(raw_mode=True)
-                if value is None:
+        for key, (partition, value) in snap[step].items():
+            k = key.encode()
+            wb = batches.get(partition)
+            if wb is None:
+                wb = batches[partition] = WriteBatch(raw_mode=True)
+            if value is None:
+                wb.delete(k)
+            else:
+                wb.put(k, value)
+            self.outputs.send(topic, k, value, partition)
+            n += 1
+        if step == "seen":  # the local expiry index: same atomic batch, no changelog
+            for partition, keys in snap["index"].items():
+                wb = batches.setdefault(partition, WriteBatch(raw_mode=True))
+                for k in keys:
+                    wb.put(k, b"")
+            for partition, keys in snap["unindex"].items():
+                wb = batches.setdefault(partition, WriteBatch(raw_mode=True))
+                for k in keys:
                     wb.delete(k)
-                else:
-                    wb.put(k, value)
-                self.outputs.send(topic, k, value, partition)
-                n += 1
-            if name == "seen":  # the local expiry index: same atomic batch, no changelog
-                for partition, keys in snap["index"].items():
-                    wb = batches.setdefault(partition, WriteBatch(raw_mode=True))
-                    for k in keys:
-                        wb.put(k, b"")
-                for partition, keys in snap["unindex"].items():
-                    wb = batches.setdefault(partition, WriteBatch(raw_mode=True))
-                    for k in keys:
-                        wb.delete(k)
-            for partition, wb in batches.items():
-                table.data._db_for_partition(partition).write(wb)
+        for partition, wb in batches.items():
+            table.data._db_for_partition(partition).write(wb)
         return n
 
     def done(self) -> None:
         """Drop the flushed snapshot (step 4): reads go to RocksDB again."""
         self._flushing = {"devices": {}, "seen": {}}
+
+
+async def store_state(state: TableState, outputs: Any) -> None:
+    """Store what the agent processed so far, before Faust commits offsets (see :class:`TableState`).
+
+    Outputs first, then the state that says they exist, step by step, then the offsets (Faust
+    chose them before calling this): a crash at any point leaves
+    offsets <= frontier <= message-id entries <= device states <= outputs.
+    """
+    snap = state.snapshot()
+    await outputs.flush()
+    for step in TableState.STEPS:
+        state.write(snap, step)
+        await outputs.flush()
+    state.done()
 
 
 class FxFeed:
@@ -672,16 +702,9 @@ def build_app(
     flush_lock = asyncio.Lock()
 
     async def flush_before_commit() -> None:
-        # outputs first, then the state that says they exist, then the offsets (Faust chose the
-        # offsets to commit before calling this): a crash at any point leaves
-        # offsets <= state <= outputs. See TableState for the steps.
         try:
             async with flush_lock:
-                snap = state.snapshot()
-                await outputs.flush()
-                state.write(snap)
-                await outputs.flush()
-                state.done()
+                await store_state(state, outputs)
         except PipelineError:
             log.critical("output delivery failed permanently; exiting so no offset is committed past it")
             logging.shutdown()

@@ -194,8 +194,11 @@ def test_watchdog_treats_an_unknown_commit_as_zero(monkeypatch: Any) -> None:
 
 
 class _Changelog:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def get_topic_name(self) -> str:
-        return "changelog"
+        return self.name
 
 
 class _Store:
@@ -209,9 +212,9 @@ class _Store:
 
 
 class _Table:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, changelog: str = "changelog") -> None:
         self.data = _Store(root)
-        self.changelog_topic = _Changelog()
+        self.changelog_topic = _Changelog(changelog)
 
 
 class _Outputs:
@@ -220,6 +223,13 @@ class _Outputs:
 
     def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
         self.sent.append((topic, key, value, partition))
+
+
+def _flush(st: Any) -> None:
+    snap = st.snapshot()
+    for step in st.STEPS:
+        st.write(snap, step)
+    st.done()
 
 
 def test_a_flush_stores_the_snapshot_not_later_changes(tmp_path: Any) -> None:
@@ -242,7 +252,7 @@ def test_a_flush_stores_the_snapshot_not_later_changes(tmp_path: Any) -> None:
     st.advance(1, 1)
     assert st.get_device("a:d1") == {"n": 2}  # the cache wins
     assert st.get_seen("a:m1") == [99, 1, 0]  # from the snapshot being flushed
-    assert st.write(snap) == 2
+    assert [st.write(snap, step) for step in st.STEPS] == [1, 1, 1]  # a device, an id, a frontier
     st.done()
     db = st.devices.data._db_for_partition(1)
     assert orjson.loads(db[b"a:d1"]) == {"n": 1} and db[APPLIED_KEY] == b"0"
@@ -251,14 +261,96 @@ def test_a_flush_stores_the_snapshot_not_later_changes(tmp_path: Any) -> None:
     )
     assert ("changelog", APPLIED_KEY, b"0", 1) in out.sent
     # the next flush carries the later change and frontier
-    st.write(st.snapshot())
-    st.done()
+    _flush(st)
     assert orjson.loads(db[b"a:d1"]) == {"n": 2} and db[APPLIED_KEY] == b"1"
     # after a restart the frontier starts from the marker, or just below the commit if higher
     st.reset_marks()
     assert st.frontier(1, None) == 1
     st.reset_marks()
     assert st.frontier(1, 10) == 9
+
+
+class _Crash(Exception):
+    pass
+
+
+class _Broker:
+    """Outputs whose flush delivers the queued records in order, and crashes after ``limit`` in all."""
+
+    def __init__(self, limit: int = 10**9) -> None:
+        self.queued: list[tuple[str, bytes, bytes | None, int | None]] = []
+        self.delivered: list[tuple[str, bytes, bytes | None, int | None]] = []
+        self.limit = limit
+
+    def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+        self.queued.append((topic, key, value, partition))
+
+    async def flush(self) -> None:
+        while self.queued:
+            if len(self.delivered) >= self.limit:
+                raise _Crash
+            self.delivered.append(self.queued.pop(0))
+
+
+def _agent(st: Any, proc: Any, out: _Broker, records: list[dict[str, Any]]) -> dict[int, str]:
+    """The worker agent's loop on partition 0 (skip up to the frontier, process in order, emit)."""
+    outcomes = {}
+    st.partition = 0
+    for off, rec in enumerate(records):
+        if off <= st.frontier(0, None):
+            continue
+        st.advance(0, off)
+        res = proc.process(dict(rec), pos=(0, off), topic="raw", now=rec["received_at"])
+        for k, _ in res.enriched:
+            out.send("enriched", k.encode(), b"", None)
+        outcomes[off] = res.outcome
+    return outcomes
+
+
+def test_a_crash_anywhere_in_a_state_flush_lets_no_content_duplicate_through(
+    tmp_path: Any, raw: Any, rates: Any, app_gbp: Any
+) -> None:
+    """Seen in the chaos suite (worker SIGKILL): a restarted worker stored two content duplicates.
+
+    Its Faust recovery replays the changelog records sent since its last recovery over RocksDB,
+    and the frontier marker had arrived without the device state it covers. For every point a
+    crash can cut the second flush at, the restarted worker must still see B as A's duplicate.
+    """
+    from pipeline.process import Processor
+    from pipeline.settings import PipelineSettings
+    from pipeline.worker import TableState, store_state
+
+    x = raw(message_id="x", event="opened")
+    a = raw(message_id="a", properties={"k": 1})
+    b = raw(message_id="b", properties={"k": 1})  # A's content, another message id
+    cut_points = 0
+    for limit in range(10):
+        root = tmp_path / str(limit)
+        devices, seen = _Table(root / "d", "devices-changelog"), _Table(root / "s", "seen-changelog")
+        out = _Broker()
+        st = TableState(devices, seen, out)  # type: ignore[arg-type]
+        proc = Processor(PipelineSettings(), {"a1": app_gbp}.get, rates, st)
+        assert _agent(st, proc, out, [x]) == {0: "enriched"}
+        asyncio.run(store_state(st, out))  # the device's first state is in the changelog
+        out.limit = len(out.delivered) + limit
+        assert _agent(st, proc, out, [x, a]) == {1: "enriched"}
+        try:
+            asyncio.run(store_state(st, out))
+        except _Crash:
+            cut_points += 1
+        # restart: Faust's recovery applies the changelog records delivered so far over RocksDB
+        for topic, key, value, partition in out.delivered:
+            if topic != "enriched":
+                db = (devices if topic == "devices-changelog" else seen).data._db_for_partition(partition)
+                if value is None:
+                    db.delete(key)
+                else:
+                    db.put(key, value)
+        st = TableState(devices, seen, _Broker())  # type: ignore[arg-type]
+        proc = Processor(PipelineSettings(), {"a1": app_gbp}.get, rates, st)
+        outcomes = _agent(st, proc, _Broker(), [x, a, b])
+        assert outcomes[2] == "duplicate_content", (limit, out.delivered, outcomes)
+    assert cut_points == 4  # A's output, its device, its message id, the frontier
 
 
 def test_forget_drops_unflushed_state_of_lost_partitions(tmp_path: Any) -> None:
@@ -276,11 +368,6 @@ def test_forget_drops_unflushed_state_of_lost_partitions(tmp_path: Any) -> None:
 
 
 # -- the message-id expiry index: on disk, swept in order, never in the changelog ------------------
-
-
-def _flush(st: Any) -> None:
-    st.write(st.snapshot())
-    st.done()
 
 
 def _index_keys(st: Any, p: int) -> list[bytes]:
