@@ -48,7 +48,7 @@ fmt: $(VENV)/.installed ## format the code with ruff
 
 bench: deps ## run the benchmarks in bench/ and print their figures
 	$(BIN)/trackflow stack up
-	@set -e; for b in bench/*/run.py bench/sink/lookup.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@set -e; for b in bench/*/run.py bench/sink/lookup.py bench/pipeline/busy_device.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 chaos: deps ## the long fault-injection run (the short one is part of make test)
 	$(BIN)/trackflow stack up

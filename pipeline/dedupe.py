@@ -82,6 +82,13 @@ def content_clock(ev: Any) -> int:
     return int(ev.client_time) if ev.client_time is not None else int(ev.event_time)
 
 
+#: digests kept beyond the window for late duplicates, per device, at most (the oldest go first;
+#: ``PipelineSettings.content_late_max``)
+LATE_MAX = 256
+#: a map larger than this is pruned on every 8th new digest only (each prune walks the whole map)
+PRUNE_ALWAYS_BELOW = 16
+
+
 def check_content(
     recent: dict[str, list[int]],
     digest: str,
@@ -90,6 +97,7 @@ def check_content(
     window_ms: int,
     late_ms: int = 0,
     now: int = 0,
+    late_max: int = LATE_MAX,
 ) -> Reason | None:
     """Decide the content rule against the device's recent digests and record this event.
 
@@ -101,26 +109,42 @@ def check_content(
     recorded less than ``late_ms`` ago (``now``, wall-clock ms). Events arrive out of order when a
     client retries a batch (an outage, a 503) after its later batches landed; their duplicates
     must still meet their digests. ``late_ms=0``: the state expires exactly with the window.
+    At most ``late_max`` digests out of the window are kept that way (the most recently recorded):
+    without a bound, a device sending 10 events/s carried 6,000 digests (350 KB of state, parsed
+    and pruned for each of its events). Expired digests may stay a few events longer (a map of
+    more than :data:`PRUNE_ALWAYS_BELOW` is pruned every 8th new digest); they never match, since a
+    match is decided on the window alone.
     """
     prev = recent.get(digest)
     if prev is not None and abs(event_time - prev[0]) < window_ms:
         if same_position(prev, pos):
             return None
         return Reason.DUPLICATE_CONTENT
-    if recent:
-        prune(recent, event_time, window_ms, now - late_ms if late_ms else None)
+    n = len(recent)
+    if n and (n < PRUNE_ALWAYS_BELOW or n % 8 == 0):
+        prune(recent, event_time, window_ms, now - late_ms if late_ms else None, late_max)
     recent[digest] = [event_time, pos[0], pos[1], now] if late_ms else [event_time, pos[0], pos[1]]
     return None
 
 
 def prune(
-    recent: dict[str, list[int]], now_event_time: int, window_ms: int, recorded_after: int | None = None
+    recent: dict[str, list[int]],
+    now_event_time: int,
+    window_ms: int,
+    recorded_after: int | None = None,
+    late_max: int = LATE_MAX,
 ) -> None:
-    """Drop digests older than the window, except those recorded after ``recorded_after`` (wall ms)."""
-    for k in [
-        k
-        for k, v in recent.items()
-        if now_event_time - v[0] >= window_ms
-        and (recorded_after is None or len(v) < 4 or v[3] <= recorded_after)
-    ]:
-        del recent[k]
+    """Drop digests older than the window, except those recorded after ``recorded_after`` (wall ms),
+    of which the ``late_max`` most recently recorded are kept."""
+    late: list[str] = []
+    for k, v in list(recent.items()):
+        if now_event_time - v[0] < window_ms:
+            continue
+        if recorded_after is None or len(v) < 4 or v[3] <= recorded_after:
+            del recent[k]
+        else:
+            late.append(k)
+    if len(late) > late_max:
+        late.sort(key=lambda k: recent[k][3])
+        for k in late[: len(late) - late_max]:
+            del recent[k]

@@ -129,6 +129,7 @@ class Processor:
         self._mid_window = int(settings.message_id_window_s * 1000)
         self._content_window = int(settings.content_window_s * 1000)
         self._content_late = int(settings.content_late_s * 1000)
+        self._content_late_max = settings.content_late_max
         # (context JSON text, user agent) -> the typed context columns (read-only, copied into rec)
         self._context_cache: dict[tuple[Any, Any], dict[str, str | None]] = {}
 
@@ -306,7 +307,14 @@ class Processor:
             digest = dedupe.content_digest(raw, ev.device_id, ev.properties, ev.traits)
             recent = state.setdefault("c", {})
             reason = dedupe.check_content(
-                recent, digest, dedupe.content_clock(ev), pos, self._content_window, self._content_late, now
+                recent,
+                digest,
+                dedupe.content_clock(ev),
+                pos,
+                self._content_window,
+                self._content_late,
+                now,
+                self._content_late_max,
             )
             if reason is not None:
                 return self._duplicate(raw, reason, pos, topic, now)

@@ -26,6 +26,9 @@ class PipelineSettings(BaseSettings):
             when the device's newer events are out of the window, so that a duplicate arriving late
             (its batch retried after newer batches of the device landed) is still caught
             (0: the state expires exactly with the window).
+        content_late_max: at most this many digests per device are kept that way, out of the
+            window (the most recently recorded): a device's state stays bounded however fast it
+            sends (unbounded, a device sending 10 events/s carried 6,000 digests).
         content_dedupe_exempt_sources: sources exempt from the content rule (server-to-server).
         dead_letter_duplicates: also send dropped duplicates to the invalid topic.
         max_future_s: event times more than this far after ``received_at`` are invalid.
@@ -58,6 +61,7 @@ class PipelineSettings(BaseSettings):
     message_id_window_s: float = Field(default=24 * 3600, gt=0)
     content_window_s: float = Field(default=10.0, ge=0)
     content_late_s: float = Field(default=600.0, ge=0)
+    content_late_max: int = Field(default=256, ge=0)
     content_dedupe_exempt_sources: frozenset[str] = frozenset({"appsflyer_s2s"})
     dead_letter_duplicates: bool = False
     max_future_s: float = Field(default=3600.0, ge=0)
