@@ -330,6 +330,7 @@ class Processor:
             state["cp"] = cp
         media_source, campaign = state.get("ms"), state.get("cp")
 
+        state.pop("tc", None)  # the session is active again: the timer may close it again
         sess, seq, session_records = sessions.assign(
             state,
             app_id=app_id,
@@ -420,10 +421,18 @@ class Processor:
         return res
 
     def close_idle(self, device_key: str, now: int) -> Keyed | None:
-        """The closing session record of an idle device (worker timer), or None."""
+        """The closing session record of an idle device (worker timer), or None.
+
+        The device state remembers the session the timer closed (``tc``, dropped by the device's
+        next event), so it is closed once, also across restarts: the worker finds open sessions
+        by scanning the stored states, and skips that one. The session itself stays as it was
+        (finalized lazily by the next event, which may still continue it).
+        """
         state = self.state.get_device(device_key)
         if not state or not state.get("s"):
             return None
+        if state.get("tc") == state["s"].get("id"):
+            return None  # closed by the timer already
         app_id, _, device = device_key.partition(":")
         app = self.apps(app_id)
         if app is None:
@@ -438,6 +447,8 @@ class Processor:
         )
         if rec is None:
             return None
+        state["tc"] = rec["session_id"]
+        self.state.put_device(device_key, state)
         self.counters["sessions"] += 1
         return f"{app_id}:{rec['session_id']}", rec
 

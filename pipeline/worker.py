@@ -681,10 +681,9 @@ def build_app(
     session_codec = fast(codec_from_settings("session"))
     fx = FxFeed(kafka, topics.fx, codec_from_settings("fx_rates"))
     open_sessions: dict[str, tuple[int, int]] = {}  # device key -> (partition, idle deadline ms)
-    timer_closed: dict[str, str] = {}  # device key -> session id the timer already closed
     positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
     next_sweep: dict[int, int] = {}  # partition -> event clock (ms) of its next expiry sweep
-    scan = {"due": 0.0}
+    scan = {"due": 0.0}  # when to look for open sessions in the stored states (after a rebalance)
     watchdog = StallWatchdog(settings.stall_s)
     holes: dict[Any, int] = {}  # raw partition -> first record the agent has not seen
 
@@ -731,6 +730,11 @@ def build_app(
         state.reset_marks()
         watchdog.reset()
 
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def on_rebalanced(_app: Any, **_: Any) -> None:
+        scan["due"] = 0.0  # the tables are recovered: find the open sessions of the partitions now held
+        log.info("rebalance complete: looking for open sessions in the stored device states")
+
     @app.agent(raw_topic, concurrency=1)
     async def pipeline_agent(stream: Any) -> None:
         committed = cast(
@@ -762,7 +766,6 @@ def build_app(
             )
             emit(res)
             if res.device_key is not None:
-                timer_closed.pop(res.device_key, None)
                 if res.session_open:
                     open_sessions[res.device_key] = (partition, res.session_deadline)
                 else:
@@ -778,8 +781,12 @@ def build_app(
         now = int(time.time() * 1000)
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.raw}
         if time.monotonic() >= scan["due"]:
-            scan["due"] = time.monotonic() + 60.0
-            _rebuild_index(devices, open_sessions, actives, timer_closed)
+            # once at start and after each rebalance, not periodically: the scan parses every stored
+            # device state on the event loop (seconds at a million devices)
+            scan["due"] = float("inf")
+            t0 = time.monotonic()
+            _rebuild_index(devices, open_sessions, actives)
+            log.info("%d open sessions known after scanning the stored states (%.2f s)", len(open_sessions), time.monotonic() - t0)
         for dkey, (part, deadline) in list(open_sessions.items()):
             if deadline >= now:
                 continue
@@ -791,7 +798,6 @@ def build_app(
             if closed is not None:
                 k, rec = closed
                 outputs.send(topics.sessions, k.encode(), session_codec.encode(rec, topics.sessions))
-                timer_closed[dkey] = rec["session_id"]
             open_sessions.pop(dkey, None)  # closed now, or already closed: the next event re-adds it
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
@@ -1017,10 +1023,9 @@ def _guard_offsets(
     return known
 
 
-def _rebuild_index(
-    devices: Any, open_sessions: dict[str, tuple[int, int]], actives: set[int], timer_closed: dict[str, str]
-) -> None:
-    """Find open sessions in the table (after start or a rebalance)."""
+def _rebuild_index(devices: Any, open_sessions: dict[str, tuple[int, int]], actives: set[int]) -> None:
+    """Find open sessions in the table (after start or a rebalance): those neither finalized nor
+    already closed by the timer (``tc``, see :meth:`pipeline.process.Processor.close_idle`)."""
     try:
         store = devices.data
         for partition, db in list(getattr(store, "_dbs", {}).items()):
@@ -1028,11 +1033,12 @@ def _rebuild_index(
                 continue
             for k, v in db.items():
                 try:
-                    s = orjson.loads(v).get("s")
+                    st = orjson.loads(v)
+                    s = st.get("s")
                 except (orjson.JSONDecodeError, AttributeError):
                     continue
-                key = k.decode() if isinstance(k, bytes) else str(k)
-                if s and not s.get("x") and timer_closed.get(key) != s.get("id"):
+                if s and not s.get("x") and st.get("tc") != s.get("id"):
+                    key = k.decode() if isinstance(k, bytes) else str(k)
                     open_sessions.setdefault(key, (partition, 0))
     except Exception:
         log.exception("could not scan the devices table for open sessions")

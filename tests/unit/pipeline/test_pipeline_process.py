@@ -167,6 +167,46 @@ def test_close_idle(proc, raw):
     assert rec["closed"] and rec["close_reason"] == "inactivity" and key.startswith("a1:s_")
 
 
+def test_the_timer_closes_a_session_once_until_the_device_is_active_again(proc, raw):
+    """The state remembers the timer's close (it used to be a map in the worker's memory, one entry
+    per device that never came back, lost at a restart: the session was then closed again)."""
+    proc.process(raw(), now=NOW)
+    key, rec = proc.close_idle("a1:dev1", NOW + 21_000)
+    assert proc.state.get_device("a1:dev1")["tc"] == rec["session_id"]
+    assert proc.close_idle("a1:dev1", NOW + 60_000) is None  # closed once
+    # the device comes back within the session's timeout (event time): the session continues,
+    # and the timer may close it again later
+    res = proc.process(raw(message_id="m2", event="level_up", timestamp=str(T0 + 5_000)), now=NOW + 70_000)
+    assert res.outcome == "enriched" and "tc" not in proc.state.get_device("a1:dev1")
+    key2, rec2 = proc.close_idle("a1:dev1", NOW + 95_000)
+    assert key2 == key and rec2["events"] == 2
+
+
+def test_the_open_session_scan_skips_sessions_the_timer_closed():
+    import orjson
+
+    from pipeline.worker import APPLIED_KEY, _rebuild_index
+
+    class Store:
+        _dbs = {
+            0: {
+                b"a1:open": orjson.dumps({"s": {"id": "s1", "x": False}}),
+                b"a1:done": orjson.dumps({"s": {"id": "s2", "x": True}}),
+                b"a1:timer": orjson.dumps({"s": {"id": "s3", "x": False}, "tc": "s3"}),
+                b"a1:reopened": orjson.dumps({"s": {"id": "s5", "x": False}, "tc": "s4"}),
+                APPLIED_KEY: b"41",
+            },
+            1: {b"a1:other": orjson.dumps({"s": {"id": "s6", "x": False}})},
+        }
+
+    class Table:
+        data = Store()
+
+    found: dict = {}
+    _rebuild_index(Table(), found, {0})
+    assert found == {"a1:open": (0, 0), "a1:reopened": (0, 0)}
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
