@@ -1,9 +1,15 @@
-"""A collector never answers 2xx for events Kafka does not have; the client's retry lands them exactly once."""
+"""A collector never answers 2xx for events Kafka does not have; the client's retry lands them.
+
+A 503 means "not acknowledged", not "not stored": a request that timed out while the restarted
+broker was still coming up may have landed anyway (librdkafka reports such a message as possibly
+persisted), and its retry then lands a second copy. The pipeline drops repeated message ids.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -53,7 +59,7 @@ def test_unreachable_broker_gives_503_with_retry_after(
 @pytest.mark.chaos
 # trackflow.stack.start_process detaches the broker on purpose and drops its Popen handle
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_broker_restart_then_retry_lands_exactly_the_events(
+def test_broker_restart_then_retry_lands_every_event(
     collector_factory: Any,
     unused_port: Any,
     app: tuple[Any, str, str],
@@ -93,16 +99,22 @@ def test_broker_restart_then_retry_lands_exactly_the_events(
         start_kafka(paths, settings)
         # the client's retry loop: resend the same request until it is acknowledged
         deadline = time.monotonic() + 90
+        unacknowledged = 0  # 503s after the restart: those requests may have landed all the same
         while True:
             r = http.post("/v1/batch", json=batch)
             if r.status_code == 200:
                 break
             assert r.status_code == 503, r.text
+            unacknowledged += 1
             assert time.monotonic() < deadline, "the retry was never acknowledged"
             time.sleep(min(1.0, float(r.headers["Retry-After"])))
         http.close()
         events = raw_reader(bootstrap, c.topics.raw, expect=len(ids) + 1, settle=3.0)
-        got = sorted(e["message_id"] for e in events)
-        assert got == sorted([f"{tag}-warm", *ids]), "exactly the events sent: none lost, none doubled"
+        counts = Counter(e["message_id"] for e in events)
+        assert set(counts) == {f"{tag}-warm", *ids}, "every event sent, nothing else"
+        assert counts[f"{tag}-warm"] == 1
+        # once each: the acknowledged retry; at most once more per request answered 503 after the
+        # restart (none of the requests answered while the broker was down ever lands)
+        assert all(1 <= counts[m] <= 1 + unacknowledged for m in ids), (counts, unacknowledged)
     finally:
         stop_process(paths.pidfile("kafka"))
