@@ -85,8 +85,10 @@ def content_clock(ev: Any) -> int:
 #: digests kept beyond the window for late duplicates, per device, at most (the oldest go first;
 #: ``PipelineSettings.content_late_max``)
 LATE_MAX = 256
-#: a map larger than this is pruned on every 8th new digest only (each prune walks the whole map)
+#: a map of at least this many digests is pruned on every PRUNE_EVERY-th new digest only (each
+#: prune walks the whole map)
 PRUNE_ALWAYS_BELOW = 16
+PRUNE_EVERY = 8
 
 
 def check_content(
@@ -112,7 +114,7 @@ def check_content(
     At most ``late_max`` digests out of the window are kept that way (the most recently recorded):
     without a bound, a device sending 10 events/s carried 6,000 digests (350 KB of state, parsed
     and pruned for each of its events). Expired digests may stay a few events longer (a map of
-    more than :data:`PRUNE_ALWAYS_BELOW` is pruned every 8th new digest); they never match, since a
+    :data:`PRUNE_ALWAYS_BELOW` or more is pruned every :data:`PRUNE_EVERY`-th new digest); they never match, since a
     match is decided on the window alone.
     """
     prev = recent.get(digest)
@@ -121,7 +123,7 @@ def check_content(
             return None
         return Reason.DUPLICATE_CONTENT
     n = len(recent)
-    if n and (n < PRUNE_ALWAYS_BELOW or n % 8 == 0):
+    if n and (n < PRUNE_ALWAYS_BELOW or n % PRUNE_EVERY == 0):
         prune(recent, event_time, window_ms, now - late_ms if late_ms else None, late_max)
     recent[digest] = [event_time, pos[0], pos[1], now] if late_ms else [event_time, pos[0], pos[1]]
     return None

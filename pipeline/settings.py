@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.dedupe import LATE_MAX
 from trackflow.config import register
 
 
@@ -61,7 +62,7 @@ class PipelineSettings(BaseSettings):
     message_id_window_s: float = Field(default=24 * 3600, gt=0)
     content_window_s: float = Field(default=10.0, ge=0)
     content_late_s: float = Field(default=600.0, ge=0)
-    content_late_max: int = Field(default=256, ge=0)
+    content_late_max: int = Field(default=LATE_MAX, ge=0)
     content_dedupe_exempt_sources: frozenset[str] = frozenset({"appsflyer_s2s"})
     dead_letter_duplicates: bool = False
     max_future_s: float = Field(default=3600.0, ge=0)

@@ -372,12 +372,7 @@ class TableState:
         from rocksdict import WriteBatch
 
         if step == "marks":
-            topic = self.devices.changelog_topic.get_topic_name()
-            for partition, mark in snap["marks"].items():
-                v = str(mark).encode()
-                self.devices.data._db_for_partition(partition).put(APPLIED_KEY, v)
-                self.outputs.send(topic, APPLIED_KEY, v, partition)
-            return len(snap["marks"])
+            return self._write_marks(snap["marks"])
         table = self.devices if step == "devices" else self.seen
         topic = table.changelog_topic.get_topic_name()
         batches: dict[int, Any] = {}
@@ -405,6 +400,14 @@ class TableState:
         for partition, wb in batches.items():
             table.data._db_for_partition(partition).write(wb)
         return n
+
+    def _write_marks(self, marks: dict[int, int]) -> int:
+        topic = self.devices.changelog_topic.get_topic_name()
+        for partition, mark in marks.items():
+            v = str(mark).encode()
+            self.devices.data._db_for_partition(partition).put(APPLIED_KEY, v)
+            self.outputs.send(topic, APPLIED_KEY, v, partition)
+        return len(marks)
 
     def done(self) -> None:
         """Drop the flushed snapshot (step 4): reads go to RocksDB again."""
@@ -683,7 +686,7 @@ def build_app(
     open_sessions: dict[str, tuple[int, int]] = {}  # device key -> (partition, idle deadline ms)
     positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
     next_sweep: dict[int, int] = {}  # partition -> event clock (ms) of its next expiry sweep
-    scan = {"due": 0.0}  # when to look for open sessions in the stored states (after a rebalance)
+    scan = {"pending": True}  # look for open sessions in the stored states (at start, after a rebalance)
     watchdog = StallWatchdog(settings.stall_s)
     holes: dict[Any, int] = {}  # raw partition -> first record the agent has not seen
 
@@ -732,7 +735,7 @@ def build_app(
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def on_rebalanced(_app: Any, **_: Any) -> None:
-        scan["due"] = 0.0  # the tables are recovered: find the open sessions of the partitions now held
+        scan["pending"] = True  # the tables are recovered: find the open sessions of the partitions now held
         log.info("rebalance complete: looking for open sessions in the stored device states")
 
     @app.agent(raw_topic, concurrency=1)
@@ -780,13 +783,17 @@ def build_app(
     async def close_idle_sessions() -> None:
         now = int(time.time() * 1000)
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.raw}
-        if time.monotonic() >= scan["due"]:
+        if scan["pending"]:
             # once at start and after each rebalance, not periodically: the scan parses every stored
             # device state on the event loop (seconds at a million devices)
-            scan["due"] = float("inf")
+            scan["pending"] = False
             t0 = time.monotonic()
             _rebuild_index(devices, open_sessions, actives)
-            log.info("%d open sessions known after scanning the stored states (%.2f s)", len(open_sessions), time.monotonic() - t0)
+            log.info(
+                "%d open sessions known after scanning the stored states (%.2f s)",
+                len(open_sessions),
+                time.monotonic() - t0,
+            )
         for dkey, (part, deadline) in list(open_sessions.items()):
             if deadline >= now:
                 continue

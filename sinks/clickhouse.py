@@ -224,13 +224,14 @@ def drop_stored_events_many(client: Client, tables: list[Any], ids_table: str = 
         out.append(kept)
     mids = [pc.fill_null(pc.cast(d.column("message_id"), pa.string()), "").combine_chunks() for d in out]
     has = [pc.not_equal(m, "") for m in mids]
-    keys = [_app_id_keys(d.column("app_id").combine_chunks(), m) for d, m in zip(out, mids, strict=True)]
+    app_ids = [pc.cast(d.column("app_id"), pa.string()).combine_chunks() for d in out]
+    keys = [_app_id_keys(a, m) for a, m in zip(app_ids, mids, strict=True)]
     everything = _strings([k.filter(h) for k, h in zip(keys, has, strict=True)])
     if not len(everything):
         return out
     ids = pc.unique(_strings([m.filter(h) for m, h in zip(mids, has, strict=True)]))
     ids = ids.take(pc.array_sort_indices(ids))
-    apps = pc.unique(_strings([pc.cast(d.column("app_id"), pa.string()).filter(h) for d, h in zip(out, has, strict=True)]))
+    apps = pc.unique(_strings([a.filter(h) for a, h in zip(app_ids, has, strict=True)]))
     rows = client.query(
         f"SELECT DISTINCT app_id, message_id FROM {ids_table} "
         "WHERE app_id IN %(apps)s AND message_id IN " + _ids_subquery(ids.to_pylist()),
