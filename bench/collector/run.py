@@ -178,6 +178,57 @@ def loadgen(
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (0 if unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid() -> int | None:
+    """The local stack's Kafka broker (``trackflow stack up``), if it runs here."""
+    from trackflow.config import CoreSettings
+    from trackflow.stack import read_pid
+
+    return read_pid(Path(CoreSettings().home).resolve() / "run" / "kafka.pid")
+
+
+class CpuShares:
+    """CPU used during one measurement by the collector, the load generator(s) and the broker.
+
+    Shares are in cores (1.0 = one core busy for the whole phase); the machine has ``os.cpu_count()``.
+    """
+
+    def __init__(self, collector: int, broker: int | None) -> None:
+        self.pids = {"collector": collector, "broker": broker}
+
+    def __enter__(self) -> CpuShares:
+        self.t = time.monotonic()
+        self.start = {k: cpu_s(p) for k, p in self.pids.items()}
+        self.children = os.times().children_user + os.times().children_system
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        wall = time.monotonic() - self.t
+        used = {k: cpu_s(p) - self.start[k] for k, p in self.pids.items()}
+        used["loadgen"] = os.times().children_user + os.times().children_system - self.children
+        self.cores = {k: v / wall for k, v in used.items()}
+        self.seconds = used
+
+
+def fmt_cpu(c: CpuShares, events: float) -> str:
+    per_event = c.seconds["collector"] / events * 1e6 if events else 0.0
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in c.cores.items())
+    return (
+        f"CPU in cores: {shares} (of {os.cpu_count()}); collector {per_event:.1f} us CPU/event -> "
+        f"{1e6 / per_event if per_event else 0:,.0f} events/s per busy collector core"
+    )
+
+
 def fmt(r: dict[str, Any]) -> str:
     return (
         f"{r['requests_per_s']:>9.0f} req/s {r['events_per_s']:>9.0f} ev/s   p50 {r['p50_ms']:6.2f} ms  "
@@ -262,14 +313,20 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.2)
         results: dict[str, Any] = {"limit_events_per_s": base["events_per_s"], "cpu": cpu}
+        broker = broker_pid()
         for name, path, per_req, body_file, conns in (
             ("single", "/v1/track", 1, single, 32),
             ("batch100", "/v1/batch", 100, batched, 16),
         ):
             if a.only and name != a.only:
                 continue
-            sat = loadgen(port, key, body_file, path, per_req, "closed", conns, a.duration)
+            with CpuShares(proc.pid, broker) as shares:
+                sat = loadgen(port, key, body_file, path, per_req, "closed", conns, a.duration)
             print(f"{name:9s} saturation        {fmt(sat)}")
+            events = sat["requests"] * per_req
+            print(f"{name:9s} saturation        {fmt_cpu(shares, events)}")
+            sat["cpu_cores"] = shares.cores
+            sat["collector_cpu_us_per_event"] = shares.seconds["collector"] / max(events, 1) * 1e6
             half = sat["requests_per_s"] / 2
             fixed = loadgen(
                 port, key, body_file, path, per_req, "open", max(conns, 64), a.duration, rate=half

@@ -30,15 +30,23 @@ REPO = Path(__file__).resolve().parents[2]
 TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
 
 
-def committed(kafka, group: str, topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
+def committed(kafka, group: str, topic: str, attempts: int = 20) -> int:
+    """The group's committed offsets on ``topic``, summed; retries while the coordinator moves."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     c = Consumer(kafka.client_config() | {"group.id": group})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        )
+        for attempt in range(attempts):
+            try:
+                offsets = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            except KafkaException as exc:  # NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS on a new broker
+                if not exc.args[0].retriable() or attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
+                continue
+            return sum(max(tp.offset, 0) for tp in offsets)
+        raise AssertionError("unreachable")
     finally:
         c.close()
 
