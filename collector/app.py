@@ -54,6 +54,7 @@ from schemas import Codec, codec_from_settings
 from trackflow.apps import App, AppRegistry, open_registry
 from trackflow.config import KafkaSettings
 from trackflow.exceptions import SerdeError
+from trackflow.runtime import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class _Reject(Exception):
         self.status = status
         self.errors = errors
         self.headers = headers
+
+
+def _too_large(limit: int) -> _Reject:
+    return _Reject(413, [EnvelopeError(Reason.REQUEST_TOO_LARGE, f"request body is larger than {limit} bytes")])
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -122,6 +127,7 @@ class Collector:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         if self.publisher is None:
             self.publisher = KafkaPublisher(self.kafka, self.settings)
+            tune_gc()  # a served process (not an app built in a test): start-up is done
         try:
             yield
         finally:
@@ -132,12 +138,9 @@ class Collector:
 
     async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         limit = self.settings.max_request_bytes
-        too_large = _Reject(
-            413, [EnvelopeError(Reason.REQUEST_TOO_LARGE, f"request body is larger than {limit} bytes")]
-        )
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -147,7 +150,7 @@ class Collector:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -166,7 +169,7 @@ class Collector:
         except zlib.error:
             raise _Reject(400, [EnvelopeError(Reason.INVALID_JSON, "body is not valid gzip")]) from None
         if len(out) > limit or d.unconsumed_tail:
-            raise too_large
+            raise _too_large(limit)
         if not d.eof:  # cut short: the CRC and length trailer were never checked
             raise _Reject(400, [EnvelopeError(Reason.INVALID_JSON, "gzip body is truncated")])
         return out

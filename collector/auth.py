@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,11 @@ def basic_username(authorization: str | None) -> str | None:
     """The username of a ``Basic`` Authorization header, or None."""
     if not authorization:
         return None
+    return _basic_username(authorization)
+
+
+@functools.lru_cache(maxsize=4096)  # an SDK sends the same header with every request
+def _basic_username(authorization: str) -> str | None:
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "basic" or not token:
         return None

@@ -114,7 +114,7 @@ class EnvelopeError:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per request, and a frozen __init__ costs 3x
 class Stamp:
     """What the server adds to every event of one request.
 
@@ -182,17 +182,18 @@ _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 class _IdPool:
     """Random (version 4) UUID strings, drawn from the OS RNG 1024 at a time (uuid4() is slow).
 
-    The pool is dropped in a forked child, so two processes never hand out the same ids.
+    The pool is dropped in a forked child (an at-fork hook), so two processes never hand out
+    the same ids.
     """
 
     def __init__(self) -> None:
         self._ids: list[str] = []
-        self._pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._ids = []
 
     def __call__(self) -> str:
-        if self._pid != os.getpid():
-            self._ids = []
-            self._pid = os.getpid()
         try:
             return self._ids.pop()
         except IndexError:

@@ -17,6 +17,7 @@ may still land later, which is harmless because the pipeline dedupes by message 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -110,6 +111,10 @@ class _Delivery:
         if not self.future.done():
             self.future.set_exception(exc)
 
+    def time_out(self, wait_s: float) -> None:
+        """The request's deadline passed before every delivery report arrived."""
+        self.fail(PublishTimeout(f"no delivery report within {wait_s:g}s", topic=self.topic, reason="timeout"))
+
 
 class KafkaPublisher:
     """An idempotent confluent-kafka producer with an asyncio delivery bridge.
@@ -148,6 +153,9 @@ class KafkaPublisher:
         self._pump_loop: asyncio.AbstractEventLoop | None = None
         self._pump_handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._pump_idle = True  # the next pump is the slow idle one (50 ms away)
+        #: loop mode: (deadline, delivery, wait_s) of requests in flight, in deadline order; the
+        #: pump times them out (one timer per request cost ~3% of a single-event request's CPU)
+        self._deadlines: collections.deque[tuple[float, _Delivery, float]] = collections.deque()
         self._thread: threading.Thread | None = None
         if self._poll_mode == "thread":
             self._thread = threading.Thread(target=self._poll_loop, name="collector-kafka-poll", daemon=True)
@@ -171,6 +179,13 @@ class KafkaPublisher:
         if self._closed or self._pump_loop is None:
             return
         self._producer.poll(0)
+        deadlines = self._deadlines
+        if deadlines:
+            now = time.monotonic()
+            while deadlines and (deadlines[0][0] <= now or deadlines[0][1].future.done()):
+                _, delivery, wait_s = deadlines.popleft()
+                if not delivery.future.done():
+                    delivery.time_out(wait_s)
         self._pump_idle = not self._inflight
         self._pump_handle = self._pump_loop.call_later(0.05 if self._pump_idle else 0.001, self._pump)
 
@@ -222,18 +237,19 @@ class KafkaPublisher:
                 delivery.fail(PublishError(f"produce failed: {exc}", topic=topic, reason="produce"))
                 break
             i += 1
-        remaining = deadline - time.monotonic()
-        timer = loop.call_later(
-            max(remaining, 0.0),
-            delivery.fail,
-            PublishTimeout(f"no delivery report within {wait_s:g}s", topic=topic, reason="timeout"),
-        )
+        timer: asyncio.TimerHandle | None = None
+        if threaded or (self._deadlines and self._deadlines[-1][0] > deadline):
+            # no pump to watch it, or out of deadline order (a shorter wait_s than the last request's)
+            timer = loop.call_later(max(deadline - time.monotonic(), 0.0), delivery.time_out, wait_s)
+        else:
+            self._deadlines.append((deadline, delivery, wait_s))
         self._inflight += 1
         try:
             await delivery.future
         finally:
             self._inflight -= 1
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     async def ready(self) -> bool:
         """True if a broker answered a metadata request (the answer is cached ``ready_cache_s``)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import logging
 import os
 import threading
@@ -42,6 +41,7 @@ from pipeline.settings import PipelineSettings
 from schemas import Codec, codec_from_settings
 from schemas.fastcodec import fast
 from trackflow.config import CoreSettings, KafkaSettings, Topics
+from trackflow.runtime import tune_gc
 
 log = logging.getLogger("trackflow.pipeline")
 
@@ -53,20 +53,6 @@ EXPIRY_PREFIX = b"\x00trackflow:expires:"
 SWEEP_LIMIT = 1000
 #: every this many sweeps of a partition start again at the oldest index entry (out-of-order expiries)
 SWEEP_RESTART_EVERY = 64
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper garbage collections for a streaming process.
-
-    Faust allocates several asyncio tasks and futures per message, so the default thresholds run
-    a young collection every few messages and full collections that walk every long-lived
-    object (Faust, aiokafka, the state cache). Objects alive after start-up are moved out of the
-    collector's reach (:func:`gc.freeze`) and collections run less often. Called once, before the
-    event loop starts.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def app_id_for(prefix: str) -> str:

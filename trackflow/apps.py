@@ -120,6 +120,8 @@ class AppRegistry:
         self._apps: dict[str, App] = {}
         self._by_hash: dict[str, App] = {}
         self._by_read_hash: dict[str, App] = {}
+        #: write keys seen valid -> their app (cleared whenever the registry is reloaded)
+        self._by_key: dict[str, App] = {}
         self._load()
 
     # -- reading ---------------------------------------------------------------------------
@@ -141,6 +143,7 @@ class AppRegistry:
         self._apps = apps
         self._by_hash = {a.write_key_hash: a for a in apps.values()}
         self._by_read_hash = {a.read_key_hash: a for a in apps.values() if a.read_key_hash}
+        self._by_key = {}
         self._mtime = mtime
 
     def refresh(self, *, force: bool = False) -> None:
@@ -171,13 +174,27 @@ class AppRegistry:
             raise AppRegistryError(f"unknown app {app_id!r}", field="app_id")
         return app
 
+    #: at most this many valid write keys are remembered (then the memory starts again)
+    KEY_CACHE_MAX = 4096
+
     def by_write_key(self, key: str) -> App | None:
-        """The app whose write key this is, or None. The digest comparison is constant-time."""
+        """The app whose write key this is, or None. The digest comparison is constant-time.
+
+        Keys found valid are remembered until the registry changes (a rotated or removed key
+        stops working at the next reload, as before), so a client's every request does not hash
+        its key again. Unknown keys are not remembered.
+        """
         self.refresh()
+        app = self._by_key.get(key)
+        if app is not None:
+            return app
         digest = hash_key(key)
         app = self._by_hash.get(digest)
         if app is None or not hmac.compare_digest(app.write_key_hash, digest):
             return None
+        if len(self._by_key) >= self.KEY_CACHE_MAX:
+            self._by_key = {}
+        self._by_key[key] = app
         return app
 
     def by_read_key(self, key: str) -> App | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
 
 import pytest
 
-from collector.exceptions import PublishError
+from collector.exceptions import PublishError, PublishTimeout
 from collector.publisher import KafkaPublisher
 from collector.settings import CollectorSettings
 from trackflow.config import KafkaSettings
@@ -53,5 +54,23 @@ async def test_dead_broker_fails_within_the_timeout(mode: str, unused_port: Any)
             await pub.publish("never.events.raw", [(b"k", b"v")] * 3, 1.0)
         assert time.monotonic() - t0 < 3.0
         assert not await pub.ready()
+    finally:
+        pub.close(flush_timeout=0)
+
+
+async def test_a_shorter_wait_behind_a_longer_one_still_times_out_on_time(unused_port: Any) -> None:
+    """Loop mode watches deadlines in arrival order; a request whose deadline comes earlier than
+    the one before it gets its own timer, so it is not held until the earlier request times out."""
+    kafka = KafkaSettings(kafka_bootstrap=f"127.0.0.1:{unused_port()}", topic_prefix="never.")
+    pub = KafkaPublisher(kafka, CollectorSettings(), poll_mode="loop")
+    try:
+        slow = asyncio.ensure_future(pub.publish("never.events.raw", [(b"k", b"v")], 6.0))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(PublishTimeout, match=r"within 0\.5s"):
+            await pub.publish("never.events.raw", [(b"k", b"v")], 0.5)
+        assert time.monotonic() - t0 < 2.0, "the short wait was held behind the long one"
+        assert not slow.done(), "the long wait is still running"
+        slow.cancel()
     finally:
         pub.close(flush_timeout=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -77,3 +78,21 @@ def test_message_ids_are_unique_uuid4() -> None:
     ids = [new_message_id() for _ in range(5000)]
     assert len(set(ids)) == 5000
     assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids[:500])
+
+
+def test_a_forked_child_never_hands_out_its_parents_pooled_ids() -> None:
+    new_message_id()  # the pool is filled in the parent
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first ids, to the parent
+        try:
+            os.write(write_fd, "\n".join(new_message_id() for _ in range(200)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        child = set(f.read().split("\n"))
+    os.waitpid(pid, 0)
+    parent = {new_message_id() for _ in range(200)}
+    assert len(child) == 200
+    assert not child & parent

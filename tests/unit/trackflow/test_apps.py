@@ -75,7 +75,28 @@ def test_update_changes_settings_and_keeps_keys(tmp_path: Path) -> None:
 def test_rotate_keys_revokes_the_old_ones(tmp_path: Path) -> None:
     reg = AppRegistry(tmp_path / "apps.json")
     app, old_w, old_r = reg.add("Rot")
+    assert reg.by_write_key(old_w) == app  # remembered as valid from here on
     _, new_w, new_r = reg.rotate_keys(app.app_id)
     assert reg.by_write_key(old_w) is None and reg.by_read_key(old_r) is None
     assert reg.by_write_key(new_w).app_id == app.app_id  # type: ignore[union-attr]
     assert reg.by_read_key(new_r).app_id == app.app_id  # type: ignore[union-attr]
+
+
+def test_a_key_rotated_by_another_process_stops_working_at_the_next_reload(tmp_path: Path) -> None:
+    path = tmp_path / "apps.json"
+    app, old_w, _ = AppRegistry(path).add("Remote")
+    running = AppRegistry(path, refresh_interval=0.05)
+    assert running.by_write_key(old_w) == app
+    assert running.by_write_key(old_w) == app  # from the cache of valid keys
+    _, new_w, _ = AppRegistry(path).rotate_keys(app.app_id)
+    time.sleep(0.1)
+    assert running.by_write_key(old_w) is None
+    assert running.by_write_key(new_w).app_id == app.app_id  # type: ignore[union-attr]
+
+
+def test_unknown_keys_are_not_remembered(tmp_path: Path) -> None:
+    reg = AppRegistry(tmp_path / "apps.json")
+    reg.add("Shop")
+    for i in range(100):
+        assert reg.by_write_key(f"tfw_guess{i}") is None
+    assert reg._by_key == {}
