@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas import Codec
-from schemas.fastcodec import FastRecordEncoder
+from schemas.fastcodec import UNCACHED, FastRecordEncoder
 from schemas.serde import SingleObjectCodec
 
 Record = dict[str, Any]
@@ -28,7 +28,7 @@ def raw_event_encoder(codec: Codec) -> Callable[[Record, str], bytes]:
     """The fastest correct ``encode(record, topic)`` for RawEvents with this codec."""
     if isinstance(codec, SingleObjectCodec):
         try:
-            return FastRecordEncoder(codec.name).encode
+            return FastRecordEncoder(codec.name, UNCACHED.get(codec.name, frozenset())).encode
         except ValueError:
             pass
     return codec.encode
