@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import clickhouse_connect
@@ -341,10 +342,20 @@ class ClickHouseSink:
     replayed batch (same range, same token) is dropped by ClickHouse. After a crash,
     :meth:`intents` returns the ranges to cut again, so the replay carries the same tokens.
 
+    The batches of one flush (one per partition and kind) are inserted in parallel when
+    ``clients`` is given: an insert into ``events`` has a fixed cost (its materialized views, the
+    new parts) that leaves a core idle, and four sequential inserts of 12,500 rows took 530-610 ms
+    where four parallel ones took 285-440 ms (embedded chdb, 2 cores). Each insert keeps its own
+    batch's token, so nothing about retries and replays changes; the flush succeeds only if every
+    insert did.
+
     Parameters:
         client: a sync client on the trackflow database (used from one thread).
         group: the consumer group, recorded with the intents.
         retention_months: ``app_id -> months`` lookup for the rows' TTL (default 24).
+        clients: per-thread clients on the same database, for the parallel inserts (None: one by one
+            on ``client``).
+        insert_threads: inserts running at once (with ``clients``).
     """
 
     name = "clickhouse"
@@ -354,11 +365,20 @@ class ClickHouseSink:
         client: Client,
         group: str,
         retention_months: Any = None,
+        *,
+        clients: ThreadClients | None = None,
+        insert_threads: int = 4,
     ) -> None:
         self.client = client
         self.group = group
         self._retention = retention_months
         self.inserts = 0
+        self._clients = clients
+        self._pool = (
+            ThreadPoolExecutor(insert_threads, thread_name_prefix="sink-insert")
+            if clients is not None and insert_threads > 1
+            else None
+        )
 
     def _months(self, app_id: str) -> int:
         if self._retention is None:
@@ -409,14 +429,33 @@ class ClickHouseSink:
                 kept = drop_stored_events_many(self.client, [prepared[i][2] for i in events])
             for i, data in zip(events, kept, strict=True):
                 prepared[i] = (prepared[i][0], prepared[i][1], data)
-        for b, table, converted in prepared:
-            with _failure(b, "insert into"):
-                data = converted
-                if b.kind == "invalid" and data.num_rows:
-                    data = drop_stored_dead_letters(self.client, table, data)
-                if data.num_rows:
-                    self.client.insert_arrow(table, data, settings=insert_settings(b.kind, data, b.token))
-                    self.inserts += 1
+        if self._pool is None or len(prepared) < 2:
+            for b, table, data in prepared:
+                self.inserts += self._insert(self.client, b, table, data)
+            return
+        clients = self._clients
+        assert clients is not None
+        futures = [self._pool.submit(lambda p: self._insert(clients.get(), *p), p) for p in prepared]
+        failed: list[BaseException] = []
+        for f in futures:  # every insert has ended before the flush is retried
+            error = f.exception()
+            if error is None:
+                self.inserts += f.result()
+            else:
+                failed.append(error)
+        if failed:
+            raise failed[0]
+
+    @staticmethod
+    def _insert(client: Client, b: Any, table: str, data: Any) -> int:
+        """Insert one batch with its token; returns 1 if rows were inserted."""
+        with _failure(b, "insert into"):
+            if b.kind == "invalid" and data.num_rows:
+                data = drop_stored_dead_letters(client, table, data)
+            if data.num_rows:
+                client.insert_arrow(table, data, settings=insert_settings(b.kind, data, b.token))
+                return 1
+        return 0
 
     def _months_array(self, table: Any) -> Any:
         import pyarrow as pa
@@ -445,4 +484,8 @@ class ClickHouseSink:
         return out
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self._clients is not None:
+            self._clients.close()
         self.client.close()

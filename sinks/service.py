@@ -62,7 +62,9 @@ def build_loop(settings: SinkSettings, ch: ClickHouseSettings, core: CoreSetting
         return app.data_retention_months if app else 24
 
     group = settings.group_id(kafka.topic_prefix)
-    chsink = ClickHouseSink(connect(ch, core), group, months)
+    chsink = ClickHouseSink(
+        connect(ch, core), group, months, clients=ThreadClients(ch, core), insert_threads=settings.sink_insert_threads
+    )
     rsink = RedisSink(redis_lib.Redis.from_url(rs.redis_url.get_secret_value()), rs.redis_key_prefix,
                       group, settings.online_window_s)
     codecs = {k: codec_from_settings(n) for k, n in

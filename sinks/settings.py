@@ -19,6 +19,8 @@ class SinkSettings(BaseSettings):
         sink_max_buffer_rows: above this, consumption pauses until a flush succeeds (bounded memory).
         sink_retry_max_s: longest back-off between retries while ClickHouse or Redis is down.
         sink_dedup_window: ``non_replicated_deduplication_window`` of the tables (blocks remembered).
+        sink_insert_threads: a flush's batches (one per partition and kind) inserted at once
+            (1: one after the other).
         sink_crash_after_insert: test hook; the process ``os._exit(99)``s after its first ClickHouse
             insert, before Redis and the offset commit.
         sink_crash_after_redis: test hook; ``os._exit(98)`` after the first Redis apply, before the commit.
@@ -41,6 +43,7 @@ class SinkSettings(BaseSettings):
     sink_max_buffer_rows: int = Field(default=200_000, ge=1)
     sink_retry_max_s: float = Field(default=30.0, gt=0)
     sink_dedup_window: int = Field(default=10_000, ge=1)
+    sink_insert_threads: int = Field(default=4, ge=1)
     sink_crash_after_insert: bool = False
     sink_crash_after_redis: bool = False
     sink_session_timeout_ms: int = Field(default=10_000, ge=1000)
