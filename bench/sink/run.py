@@ -250,6 +250,13 @@ def main() -> None:
     cleanup = redis.Redis.from_url(RedisSettings().redis_url.get_secret_value())
     print(f"removed {delete_prefixed(cleanup, f'bench{tag}:')} Redis keys of this run")
     cleanup.close()
+    # and its topics: a broker holding thousands of partitions of old runs took 90 s to start
+    from confluent_kafka.admin import AdminClient
+
+    from trackflow.stack import delete_topics
+
+    gone = delete_topics(AdminClient(kafka.client_config()), kafka.topic_prefix)
+    print(f"removed {len(gone)} topics of this run")
 
 
 if __name__ == "__main__":
