@@ -209,6 +209,7 @@ class KafkaPublisher:
         if not threaded:
             if self._pump_loop is not loop:
                 self._pump_loop = loop
+                self._deadlines.clear()  # requests of another (ended) event loop: nothing waits on them here
                 self._pump_handle = loop.call_later(0.001, self._pump)
                 self._pump_idle = False
             elif self._pump_idle:

@@ -74,3 +74,27 @@ async def test_a_shorter_wait_behind_a_longer_one_still_times_out_on_time(unused
         slow.cancel()
     finally:
         pub.close(flush_timeout=0)
+
+
+def test_a_publisher_moved_to_a_new_event_loop_still_times_out(unused_port: Any) -> None:
+    """A request left pending by an event loop that was closed without cancelling it must not
+    break the deadline watch of the next loop (the pump would resolve a future of a dead loop)."""
+    kafka = KafkaSettings(kafka_bootstrap=f"127.0.0.1:{unused_port()}", topic_prefix="never.")
+    pub = KafkaPublisher(kafka, CollectorSettings(), poll_mode="loop")
+    try:
+        first = asyncio.new_event_loop()
+        task = first.create_task(pub.publish("never.events.raw", [(b"k", b"v")], 0.3))
+        first.run_until_complete(asyncio.sleep(0.05))
+        first.close()  # the request is still pending; its deadline passes while no loop runs
+        time.sleep(0.4)
+
+        async def second() -> float:
+            t0 = time.monotonic()
+            with pytest.raises(PublishTimeout):  # (a dead deadline watch would hang it: cut at 5 s)
+                await asyncio.wait_for(pub.publish("never.events.raw", [(b"k", b"v")], 0.5), 5.0)
+            return time.monotonic() - t0
+
+        assert asyncio.run(second()) < 2.0
+        assert not task.done()
+    finally:
+        pub.close(flush_timeout=0)
