@@ -178,16 +178,21 @@ class KafkaPublisher:
         """Loop mode: serve delivery reports in the event loop; fast while requests are in flight."""
         if self._closed or self._pump_loop is None:
             return
-        self._producer.poll(0)
-        deadlines = self._deadlines
-        if deadlines:
-            now = time.monotonic()
-            while deadlines and (deadlines[0][0] <= now or deadlines[0][1].future.done()):
-                _, delivery, wait_s = deadlines.popleft()
-                if not delivery.future.done():
-                    delivery.time_out(wait_s)
-        self._pump_idle = not self._inflight
-        self._pump_handle = self._pump_loop.call_later(0.05 if self._pump_idle else 0.001, self._pump)
+        try:
+            self._producer.poll(0)  # re-raises what a delivery callback raised
+            deadlines = self._deadlines
+            if deadlines:
+                now = time.monotonic()
+                while deadlines and (deadlines[0][0] <= now or deadlines[0][1].future.done()):
+                    _, delivery, wait_s = deadlines.popleft()
+                    if not delivery.future.done():
+                        delivery.time_out(wait_s)
+        except Exception:
+            log.exception("delivery pump: an error while serving delivery reports")
+        finally:
+            # always again: a pump that stopped would leave every later request waiting forever
+            self._pump_idle = not self._inflight
+            self._pump_handle = self._pump_loop.call_later(0.05 if self._pump_idle else 0.001, self._pump)
 
     def _replace_if_fatal(self) -> None:
         if self._fatal is None:

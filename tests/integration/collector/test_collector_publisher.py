@@ -98,3 +98,27 @@ def test_a_publisher_moved_to_a_new_event_loop_still_times_out(unused_port: Any)
         assert not task.done()
     finally:
         pub.close(flush_timeout=0)
+
+
+async def test_the_delivery_pump_survives_a_failing_delivery_callback(unused_port: Any) -> None:
+    """poll() re-raises what a delivery callback raised; the pump logs it and keeps serving, so a
+    later request still gets its answer (here: the timeout of a dead broker)."""
+    kafka = KafkaSettings(kafka_bootstrap=f"127.0.0.1:{unused_port()}", topic_prefix="never.")
+    pub = KafkaPublisher(
+        kafka, CollectorSettings(), poll_mode="loop", extra_conf={"message.timeout.ms": 200}
+    )
+
+    def broken(_err: Any, _msg: Any) -> None:
+        raise RuntimeError("a broken delivery callback")
+
+    try:
+        pub._producer.produce("never.events.raw", b"v", b"k", on_delivery=broken)  # fails after 200 ms
+        with pytest.raises(PublishError):
+            await asyncio.wait_for(pub.publish("never.events.raw", [(b"k", b"v")], 1.0), 5.0)
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(PublishError):
+            await asyncio.wait_for(pub.publish("never.events.raw", [(b"k", b"v")], 0.5), 5.0)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        pub.close(flush_timeout=0)
