@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -65,6 +66,26 @@ class StackPaths:
 
 
 # -- process helpers (shared with the demo's service manager) -------------------------------
+
+
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now, and never one this process handed out before.
+
+    The OS may give the same ephemeral port to two binds in a row: a test broker once got one
+    port for both of its listeners and refused to start (clean-clone CI, 2026-11-24).
+    """
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def read_pid(pidfile: Path) -> int | None:

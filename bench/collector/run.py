@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,6 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def segment_event(i: int) -> dict[str, Any]:
@@ -247,7 +240,7 @@ def main() -> None:
 
     from trackflow.apps import AppRegistry
     from trackflow.config import KafkaSettings
-    from trackflow.stack import ensure_topics, kafka_healthy
+    from trackflow.stack import ensure_topics, free_port, kafka_healthy
 
     bootstrap = os.environ.get("TRACKFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     if not kafka_healthy(bootstrap):

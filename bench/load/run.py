@@ -57,14 +57,6 @@ CONCURRENCY = 16
 STEPS = (500, 750, 1000, 1250, 1500, 2000, 3000, 4000, 8000, 16000)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def peak_rss_mb(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -101,7 +93,7 @@ class Pipeline:
             }
         )
         core = CoreSettings(home=self.home)
-        self.cport, self.rport = free_port(), free_port()
+        self.cport, self.rport = local_stack.free_port(), local_stack.free_port()
         self.env = demo.service_env(core, self.cport, self.rport, base=base)
         self.paths = local_stack.StackPaths.from_settings(core)
         self.kafka = KafkaSettings(topic_prefix=self.prefix, partitions=partitions)

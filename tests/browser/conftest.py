@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard_data import CHROMIUM, CHROMIUM_ARGS, READ_KEY, REPO, SinkServer, free_port
+from dashboard_data import CHROMIUM, CHROMIUM_ARGS, READ_KEY, REPO, SinkServer
+
+from trackflow.stack import free_port
 
 
 @pytest.fixture(scope="session")

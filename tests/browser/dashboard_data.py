@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -319,12 +318,6 @@ def produce(topic: str, schema: str, records: list[tuple[str, dict[str, Any]]]) 
         p.poll(0)
     assert p.flush(30) == 0, "messages still in the producer queue"
     assert not errors, errors
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -53,12 +52,6 @@ REPORT = Path(os.environ.get("TRACKFLOW_CHAOS_REPORT", REPO / ".trackflow" / "ch
 #: simulated events per user and day (measured from trackflow.simulate over 7 days: ~7.2); used to size a stream
 EVENTS_PER_USER_DAY = 7.2
 SIM_DAYS = 7
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pid_rss_kb(pid: int | None) -> dict[str, int]:

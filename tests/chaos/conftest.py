@@ -9,11 +9,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from chaos_harness import REPO, Chaos, free_port
+from chaos_harness import REPO, Chaos
 
 from trackflow import demo
 from trackflow import stack as local_stack
 from trackflow.config import CoreSettings, KafkaSettings, StackSettings
+from trackflow.stack import free_port
 
 
 @pytest.fixture(scope="session")

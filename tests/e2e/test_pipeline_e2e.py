@@ -7,7 +7,6 @@ Redis counters must agree with ClickHouse.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,9 @@ import redis
 
 from trackflow import demo
 from trackflow.config import CoreSettings
-from trackflow.stack import StackPaths
+from trackflow.stack import StackPaths, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,11 @@ import pytest
 
 from trackflow.apps import AppRegistry
 from trackflow.config import KafkaSettings
-from trackflow.stack import delete_topics, ensure_topics
+from trackflow.stack import delete_topics, ensure_topics, free_port
 
 RATE_EPS = 200
 RATE_BURST = 400
 MAX_REQUEST = 65536
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kb(pid: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,14 @@ import redis
 from trackflow import demo
 from trackflow.apps import AppRegistry
 from trackflow.config import CoreSettings, KafkaSettings
-from trackflow.stack import StackPaths, delete_topics, ensure_redis_installed, ensure_topics, read_pid
+from trackflow.stack import (
+    StackPaths,
+    delete_topics,
+    ensure_redis_installed,
+    ensure_topics,
+    free_port,
+    read_pid,
+)
 
 _TAG = secrets.token_hex(4)
 #: secret values the services run with; none may appear in a log, an output or an error message
@@ -33,12 +39,6 @@ SECRETS = {
     "read_key": f"tfr_admin-{_TAG}-Kx77",
     "salt": f"salt-{_TAG}-Pm42",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

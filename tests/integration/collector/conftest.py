@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,13 +21,7 @@ import pytest
 
 from schemas import codec
 from trackflow.config import KafkaSettings, Topics
-from trackflow.stack import delete_topics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from trackflow.stack import delete_topics, free_port
 
 
 @dataclass
