@@ -54,6 +54,13 @@ class _Histogram:
         return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum)
 
 
+def _counter(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for label_values, n in sorted(values.items()):
+        family.add_metric(list(label_values), n)
+    return family
+
+
 class CollectorMetrics:
     """The collector's metrics, in their own registry (so several apps can live in one process)."""
 
@@ -79,26 +86,24 @@ class CollectorMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """The figures as Prometheus metric families (called by the registry at each scrape)."""
-        requests = CounterMetricFamily(
+        yield _counter(
             "trackflow_collector_requests",
             "HTTP requests by endpoint and status",
-            labels=["endpoint", "status"],
+            ["endpoint", "status"],
+            {(endpoint, str(status)): n for (endpoint, status), n in self.requests.items()},
         )
-        for (endpoint, status), n in sorted(self.requests.items()):
-            requests.add_metric([endpoint, str(status)], n)
-        yield requests
-        events = CounterMetricFamily(
-            "trackflow_collector_events", "Events acknowledged after Kafka delivery", labels=["source"]
+        yield _counter(
+            "trackflow_collector_events",
+            "Events acknowledged after Kafka delivery",
+            ["source"],
+            {(source,): n for source, n in self.events.items()},
         )
-        for source, n in sorted(self.events.items()):
-            events.add_metric([source], n)
-        yield events
-        rejections = CounterMetricFamily(
-            "trackflow_collector_rejections", "Requests refused, by reason", labels=["reason"]
+        yield _counter(
+            "trackflow_collector_rejections",
+            "Requests refused, by reason",
+            ["reason"],
+            {(reason,): n for reason, n in self.rejections.items()},
         )
-        for reason, n in sorted(self.rejections.items()):
-            rejections.add_metric([reason], n)
-        yield rejections
         yield self.publish_seconds.family(
             "trackflow_collector_publish_seconds", "Produce to last delivery report, per request"
         )

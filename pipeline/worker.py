@@ -41,6 +41,7 @@ from pipeline.settings import PipelineSettings
 from schemas import Codec, codec_from_settings
 from schemas.fastcodec import fast
 from trackflow.config import CoreSettings, KafkaSettings, Topics
+from trackflow.offsets import COMMITTED_ATTEMPTS, read_committed
 from trackflow.runtime import tune_gc
 
 log = logging.getLogger("trackflow.pipeline")
@@ -525,57 +526,33 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics) -> int:
         time.sleep(0.2)
 
 
-#: reads of the committed offsets before giving up on the partitions still answered with an error
-COMMITTED_ATTEMPTS = 5
-
-
-def committed_positions(
-    consumer: Any, topic: str, partitions: list[int], attempts: int = COMMITTED_ATTEMPTS
-) -> dict[int, tuple[int, bool]]:
+def committed_positions(consumer: Any, topic: str, partitions: list[int], attempts: int = COMMITTED_ATTEMPTS) -> dict[int, tuple[int, bool]]:
     """Where the group of a confluent ``consumer`` resumes on ``partitions`` of ``topic``.
 
     Returns ``{partition: (offset, committed)}``: the committed offset, or the low watermark
-    (``committed=False``) where the group never committed.
-
-    Right after a broker (re)start the group coordinator may still be loading: the read fails
-    (``NOT_COORDINATOR``) or answers some partitions with an error and no offset. Such a
-    partition used to be taken for never committed: resumed at its low watermark, and
-    :func:`init_offsets` committed that low watermark over the group's real offset. The read is
-    retried with a back-off; partitions still in error after ``attempts`` are left out of the
-    answer (the callers then leave them where the consumer has them). Raises the last
-    ``KafkaException`` if no attempt got an answer.
+    (``committed=False``) where the group never committed. A partition the group coordinator still
+    answers with an error after ``attempts`` reads (:func:`trackflow.offsets.read_committed`) is
+    left out: taken for never committed, it used to be resumed at its low watermark, and
+    :func:`init_offsets` committed that over the group's real offset. The callers leave such a
+    partition where the consumer has it. Raises the last error if no read answered at all.
     """
-    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka import TopicPartition
 
+    offsets, missing = read_committed(consumer, [(topic, p) for p in partitions], attempts)
+    if missing:
+        log.warning(
+            "no committed offset of %s for partitions %s after %d reads: left where the consumer has them",
+            topic,
+            [p for _, p in missing],
+            attempts,
+        )
     out: dict[int, tuple[int, bool]] = {}
-    todo = list(partitions)
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
-        try:
-            answer = consumer.committed([TopicPartition(topic, p) for p in todo], timeout=10)
-        except KafkaException:
-            if attempt == attempts - 1 and not out:
-                raise
-            continue
-        failed = []
-        for tp in answer:
-            if tp.error is not None:
-                failed.append(tp.partition)
-            elif tp.offset >= 0:
-                out[tp.partition] = (tp.offset, True)
-            else:
-                low, _high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-                out[tp.partition] = (low, False)
-        todo = failed
-        if not todo:
-            return out
-    log.warning(
-        "no committed offset of %s for partitions %s after %d reads: left where the consumer has them",
-        topic,
-        todo,
-        attempts,
-    )
+    for (_, p), offset in offsets.items():
+        if offset >= 0:
+            out[p] = (offset, True)
+        else:
+            low, _high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            out[p] = (low, False)
     return out
 
 

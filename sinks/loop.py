@@ -36,6 +36,7 @@ from sinks.decode import ArrowDecoder
 from sinks.exceptions import SinkError
 from sinks.settings import SinkSettings
 from trackflow.config import KafkaSettings, Topics
+from trackflow.offsets import read_committed
 
 log = logging.getLogger("trackflow.sink")
 
@@ -114,31 +115,18 @@ class SinkLoop:
         with a per-partition error (and offset -1001); reading that as 0 planned every range the
         group ever recorded, none of which the consumer would deliver again.
         """
-        out: dict[tuple[str, int], int] = {}
-        todo = list(partitions)
-        for attempt in range(5):
-            try:
-                answer = consumer.committed(todo, timeout=10)
-            except Exception as exc:
-                log.warning("could not read committed offsets (attempt %d): %s", attempt + 1, exc)
-                answer = []
-            failed = []
-            for tp in answer:
-                if tp.error is None:
-                    out[(tp.topic, tp.partition)] = max(tp.offset, 0)
-                else:
-                    failed.append(TopicPartition(tp.topic, tp.partition))
-            todo = failed if answer else todo
-            if not todo:
-                break
-            time.sleep(min(2**attempt * 0.5, 4))
-        if todo:
+        try:
+            offsets, missing = read_committed(consumer, [(tp.topic, tp.partition) for tp in partitions])
+        except Exception as exc:
+            log.warning("could not read committed offsets: %s", exc)
+            offsets, missing = {}, [(tp.topic, tp.partition) for tp in partitions]
+        if missing:
             log.warning(
                 "no committed offset for %s: their recorded batch ranges are not replayed (the "
                 "sink's message-id filter still drops rows stored before)",
-                ", ".join(f"{tp.topic}/{tp.partition}" for tp in todo),
+                ", ".join(f"{t}/{p}" for t, p in missing),
             )
-        return out
+        return {tp: max(o, 0) for tp, o in offsets.items()}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         offsets = self._committed(consumer, partitions)

@@ -88,6 +88,17 @@ def free_port(host: str = "127.0.0.1") -> int:
                 return port
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process (all its threads) used so far; 0 if unknown or gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_pid(pidfile: Path) -> int | None:
     """The pid in ``pidfile`` if that process is alive, else None."""
     try:

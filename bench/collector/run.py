@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from trackflow.stack import cpu_seconds
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 
@@ -172,17 +174,6 @@ def loadgen(
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (0 if unknown or gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def broker_pid() -> int | None:
     """The local stack's Kafka broker (``trackflow stack up``), if it runs here."""
     from trackflow.config import CoreSettings
@@ -202,13 +193,13 @@ class CpuShares:
 
     def __enter__(self) -> CpuShares:
         self.t = time.monotonic()
-        self.start = {k: cpu_s(p) for k, p in self.pids.items()}
+        self.start = {k: cpu_seconds(p) for k, p in self.pids.items()}
         self.children = os.times().children_user + os.times().children_system
         return self
 
     def __exit__(self, *_: Any) -> None:
         wall = time.monotonic() - self.t
-        used = {k: cpu_s(p) - self.start[k] for k, p in self.pids.items()}
+        used = {k: cpu_seconds(p) - self.start[k] for k, p in self.pids.items()}
         used["loadgen"] = os.times().children_user + os.times().children_system - self.children
         self.cores = {k: v / wall for k, v in used.items()}
         self.seconds = used

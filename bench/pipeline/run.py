@@ -26,27 +26,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trackflow.stack import cpu_seconds
+
 REPO = Path(__file__).resolve().parents[2]
 TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
 
 
-def committed(kafka, group: str, topic: str, attempts: int = 20) -> int:
-    """The group's committed offsets on ``topic``, summed; retries while the coordinator moves."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+def committed(kafka, group: str, topic: str) -> int:
+    """The group's committed offsets on ``topic``, summed (read again while the coordinator loads)."""
+    from confluent_kafka import Consumer
+
+    from trackflow.offsets import read_committed
 
     c = Consumer(kafka.client_config() | {"group.id": group})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        for attempt in range(attempts):
-            try:
-                offsets = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-            except KafkaException as exc:  # NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS on a new broker
-                if not exc.args[0].retriable() or attempt == attempts - 1:
-                    raise
-                time.sleep(0.5)
-                continue
-            return sum(max(tp.offset, 0) for tp in offsets)
-        raise AssertionError("unreachable")
+        offsets, _missing = read_committed(c, [(topic, p) for p in parts])
+        return sum(max(o, 0) for o in offsets.values())
     finally:
         c.close()
 
@@ -80,12 +76,6 @@ def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], Any]:
     )
     print(f"  pre-filled {n} raw events in {time.perf_counter() - t:.1f} s ({prefix})")
     return env, kafka
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), including its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:

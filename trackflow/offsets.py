@@ -1,0 +1,58 @@
+"""A consumer group's committed offsets, read safely while the group coordinator may be loading.
+
+Right after a broker (re)start the coordinator can fail the read (``NOT_COORDINATOR``) or answer
+some partitions with an error and no offset. Taking such a partition for "never committed" moved
+consumers back to the start of their partitions (the sink planned every range it ever recorded;
+the pipeline worker sought, and committed, the low watermark). :func:`read_committed` reads again
+with a back-off and tells which partitions never got an answer; the sink
+(``SinkLoop._committed``), the worker (``pipeline.worker.committed_positions``) and the pipeline
+benchmark all use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+log = logging.getLogger("trackflow.offsets")
+
+#: reads before giving up on the partitions still answered with an error
+COMMITTED_ATTEMPTS = 5
+
+
+def read_committed(
+    consumer: Any, partitions: Iterable[tuple[str, int]], attempts: int = COMMITTED_ATTEMPTS
+) -> tuple[dict[tuple[str, int], int], list[tuple[str, int]]]:
+    """The committed offsets of ``consumer``'s group on ``(topic, partition)`` pairs.
+
+    Returns ``(offsets, missing)``: the offset of every partition the broker answered without an
+    error (negative where the group never committed), and the partitions still unanswered after
+    ``attempts`` reads (0.5, 1, 2, 4 s apart). Raises the last error if no read answered at all.
+    """
+    from confluent_kafka import TopicPartition
+
+    out: dict[tuple[str, int], int] = {}
+    todo = list(partitions)
+    error: Exception | None = None
+    answered = False
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
+        try:
+            answer = consumer.committed([TopicPartition(t, p) for t, p in todo], timeout=10)
+        except Exception as exc:
+            log.warning("could not read committed offsets (attempt %d): %s", attempt + 1, exc)
+            error = exc
+            continue
+        if not answer:
+            continue
+        answered = True
+        out.update({(tp.topic, tp.partition): tp.offset for tp in answer if tp.error is None})
+        todo = [(tp.topic, tp.partition) for tp in answer if tp.error is not None]
+        if not todo:
+            return out, []
+    if error is not None and not answered:
+        raise error
+    return out, todo
