@@ -49,6 +49,10 @@ class PipelineSettings(BaseSettings):
         metrics_port: serve Prometheus counters on this port (0: off).
         stall_s: a raw partition with unread records and no progress for this long is re-read
             from its committed offset (0: never).
+        stall_restart_s: the worker restarts itself in place (same process id, a fresh
+            interpreter: what a SIGKILL and a restart would do) when, with the broker reachable, a
+            raw partition has made no progress for this long despite the re-reads, or a rebalance
+            (table recovery included) has made none for this long (0: never).
         rocksdb_write_buffer_mb / rocksdb_max_write_buffers / rocksdb_block_cache_mb: memory of
             each RocksDB database of the state tables (one per table and partition): memtables of
             this size, at most this many, and a block cache of this size. A worker's RocksDB
@@ -89,6 +93,7 @@ class PipelineSettings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=6.0)
     metrics_port: int = 0
     stall_s: float = Field(default=30.0, ge=0)
+    stall_restart_s: float = Field(default=90.0, ge=0)
     rocksdb_write_buffer_mb: int = Field(default=8, ge=1)
     rocksdb_max_write_buffers: int = Field(default=2, ge=2)
     rocksdb_block_cache_mb: int = Field(default=16, ge=1)

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import orjson
 
@@ -42,7 +42,7 @@ from schemas import Codec, codec_from_settings
 from schemas.fastcodec import fast
 from trackflow.config import CoreSettings, KafkaSettings, Topics
 from trackflow.offsets import COMMITTED_ATTEMPTS, read_committed
-from trackflow.runtime import tune_gc
+from trackflow.runtime import restart_in_place, tune_gc
 
 log = logging.getLogger("trackflow.pipeline")
 
@@ -591,14 +591,40 @@ def init_offsets(kafka: KafkaSettings, group: str, topic: str) -> int:
         c.close()
 
 
-def _low_watermarks(kafka: KafkaSettings, topic: str, partitions: list[int]) -> dict[int, int]:
-    from confluent_kafka import TopicPartition
+class Watermarks:
+    """The broker's low and high watermarks of the raw topic's partitions, read directly.
 
-    c = group_client(kafka, "trackflow-watermarks")
-    try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[0] for p in partitions}
-    finally:
-        c.close()
+    Faust's ``consumer.highwater`` is what the last fetch response said: a consumer that stopped
+    fetching keeps reporting the value of its last fetch, so a wedged fetch loop looks caught up.
+    One long-lived client (used from one thread at a time: the worker's timers do not overlap).
+
+    Parameters:
+        kafka: connection settings.
+        topic: the raw topic.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._client: Any = None
+
+    def get(self, partitions: list[int], timeout: float = 5.0) -> dict[int, tuple[int, int]] | None:
+        """``{partition: (low, high)}``, or ``None`` when the broker does not answer in time."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            if self._client is None:
+                self._client = group_client(self._kafka, "trackflow-watermarks")
+            get = self._client.get_watermark_offsets
+            return {p: get(TopicPartition(self._topic, p), timeout=timeout) for p in partitions}
+        except KafkaException as exc:
+            log.info("raw watermarks unavailable: %s", exc)
+            return None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def _resume_positions(kafka: KafkaSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -686,7 +712,8 @@ def build_app(
     positions: dict[int, int] = {}  # partition -> last offset processed (for the counters log)
     next_sweep: dict[int, int] = {}  # partition -> event clock (ms) of its next expiry sweep
     scan = {"pending": True}  # look for open sessions in the stored states (at start, after a rebalance)
-    watchdog = StallWatchdog(settings.stall_s)
+    watchdog = StallWatchdog(settings.stall_s, settings.stall_restart_s)
+    watermarks = Watermarks(kafka, topics.raw)
     holes: dict[Any, int] = {}  # raw partition -> first record the agent has not seen
 
     def emit(res: Result) -> None:
@@ -744,7 +771,13 @@ def build_app(
         )._committed_offset  # Faust's: the next offset to read, per partition
         if not fx.ready.is_set():
             await asyncio.to_thread(fx.ready.wait, settings.fx_wait_s)
+        wedge_after = _test_wedge_after()
         async for event in stream.events():
+            if wedge_after is not None:
+                wedge_after -= 1
+                if wedge_after < 0:
+                    log.error("TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here for good")
+                    await asyncio.Event().wait()
             if fx.queue:
                 fx.drain(rates)
             msg = event.message
@@ -816,9 +849,12 @@ def build_app(
         todo = {tp: start for tp, start in todo.items() if tp in assigned}
         if not todo:
             return
-        lows = await asyncio.to_thread(
-            _low_watermarks, kafka, topics.raw, sorted(tp.partition for tp in todo)
-        )
+        marks = await asyncio.to_thread(watermarks.get, sorted(tp.partition for tp in todo), 10.0)
+        if marks is None:  # the broker does not answer: try again at the next tick
+            for tp, hole in todo.items():
+                holes[tp] = min(hole, holes.get(tp, hole))
+            return
+        lows = {p: low for p, (low, _high) in marks.items()}
         for tp, hole in todo.items():
             start = max(state.frontier(tp.partition, c._committed_offset.get(tp)) + 1, hole)
             if lows.get(tp.partition, 0) > start:
@@ -836,35 +872,40 @@ def build_app(
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def stall_watchdog() -> None:
-        stalled = watchdog.check(app, topics.raw)
-        if stalled:
-            log.warning(
-                "raw partitions %s: committed offsets stuck below the records available for %.0f s "
-                "(last processed %s): seeking every partition back to its committed offset",
-                sorted(stalled),
-                settings.stall_s,
-                {p: positions.get(p) for p in sorted(stalled)},
-            )
-            proc.counters["stall_reseeks"] += 1
-            state.reset_marks()
-            c = cast(Any, app.consumer)
-            raw = [tp for tp in c.assignment() if tp.topic == topics.raw]
-            log.warning(
-                "stall diagnostics: committed %s read %s paused %s flow %s",
-                {tp.partition: c._committed_offset.get(tp) for tp in raw},
-                {tp.partition: c._read_offset.get(tp) for tp in raw},
-                sorted(tp.partition for tp in c._paused_partitions if tp.topic == topics.raw),
-                (c.flow_active, app.flow_control.is_active()),
-            )
-            targets = await asyncio.to_thread(_resume_positions, kafka, app_id, topics.raw, sorted(stalled))
-            for tp in raw:
-                if tp.partition in targets:
-                    off = targets[tp.partition]
-                    c._committed_offset[tp] = off or None  # Faust's convention: 0 is None
-                    if sought is not None:
-                        sought[tp] = off
-                    await _seek_raw(c, tp, off)
-            watchdog.reset()
+        c = cast(Any, app.consumer)
+        raw = [tp for tp in c.assignment() if tp.topic == topics.raw]
+        marks = await asyncio.to_thread(watermarks.get, sorted(tp.partition for tp in raw))
+        stalled = watchdog.check(app, topics.raw, {p: high for p, (_low, high) in (marks or {}).items()})
+        reason = watchdog.restart_reason()
+        if reason and marks is not None:  # never while the broker is away: the restart would wait for it
+            restart_in_place(f"pipeline worker wedged: {reason}", _dump_state)
+        if not stalled:
+            return
+        log.warning(
+            "raw partitions %s: committed offsets stuck below the records available for %.0f s "
+            "(last processed %s): seeking every partition back to its committed offset",
+            sorted(stalled),
+            settings.stall_s,
+            {p: positions.get(p) for p in sorted(stalled)},
+        )
+        proc.counters["stall_reseeks"] += 1
+        state.reset_marks()
+        log.warning(
+            "stall diagnostics: committed %s read %s paused %s flow %s",
+            {tp.partition: c._committed_offset.get(tp) for tp in raw},
+            {tp.partition: c._read_offset.get(tp) for tp in raw},
+            sorted(tp.partition for tp in c._paused_partitions if tp.topic == topics.raw),
+            (c.flow_active, app.flow_control.is_active()),
+        )
+        targets = await asyncio.to_thread(_resume_positions, kafka, app_id, topics.raw, sorted(stalled))
+        for tp in raw:
+            if tp.partition in targets:
+                off = targets[tp.partition]
+                c._committed_offset[tp] = off or None  # Faust's convention: 0 is None
+                if sought is not None:
+                    sought[tp] = off
+                await _seek_raw(c, tp, off)
+        watchdog.sought(set(targets))
 
     @app.timer(interval=30.0)  # type: ignore[untyped-decorator]
     async def report_counters() -> None:
@@ -874,7 +915,8 @@ def build_app(
 
 
 class StallWatchdog:
-    """Notices raw partitions whose committed offset stays below the records available.
+    """Notices raw partitions whose committed offset stays below the records available, and a
+    worker wedged beyond what re-reading can repair.
 
     Faust's fetch loop can lose a record on its way to the agent (it marks it read before the
     agent has it, and drops the agent's buffer at a rebalance). With :func:`_guard_offsets`
@@ -882,40 +924,120 @@ class StallWatchdog:
     returns the partitions whose high watermark is above the committed offset and whose
     committed offset has not moved for ``stall_s``; the worker then seeks back to the committed
     offsets, which is safe: records up to the applied frontier are skipped, later ones are
-    replays the state and the sink recognise.
+    replays the state and the sink recognise. A partition is sought back at most once per
+    ``stall_s``.
+
+    Some wedges a seek cannot repair: after a broker restart Faust and aiokafka have been seen
+    to stop fetching for good (faust-streaming issues #175 and #523), or to stay in a rebalance.
+    :meth:`restart_reason` names such a state once it has lasted ``restart_s``: a partition
+    stuck since its first detection, or a rebalance (table recovery included) whose recovery
+    offsets have not moved. The worker then restarts in place (:func:`trackflow.runtime.restart_in_place`).
 
     Parameters:
         stall_s: how long a partition may have uncommitted records without its commit moving.
+        restart_s: how long a stall or a rebalance may make no progress at all (0: never).
     """
 
-    def __init__(self, stall_s: float) -> None:
+    def __init__(self, stall_s: float, restart_s: float = 0.0) -> None:
         self.stall_s = stall_s
+        self.restart_s = restart_s
+        #: raw partition -> (committed offset, when it was first seen at that offset with records above)
         self._since: dict[int, tuple[int, float]] = {}
+        #: raw partition -> when it was last sought back
+        self._sought: dict[int, float] = {}
+        #: (recovery progress, since when) while the app is rebalancing
+        self._rebalance: tuple[tuple[int, ...], float] | None = None
 
     def reset(self) -> None:
+        """Forget everything (a new assignment)."""
         self._since.clear()
+        self._sought.clear()
+        self._rebalance = None
 
-    def check(self, app: Any, topic: str) -> set[int]:
-        if app.rebalancing or self.stall_s <= 0:
+    def sought(self, partitions: set[int]) -> None:
+        """The worker sought ``partitions`` back to their committed offsets just now."""
+        now = time.monotonic()
+        self._sought.update(dict.fromkeys(partitions, now))
+
+    def check(self, app: Any, topic: str, highs: dict[int, int] | None = None) -> set[int]:
+        """The stalled partitions to seek back now.
+
+        ``highs`` are the broker's high watermarks (:class:`Watermarks`); without one for a
+        partition, the consumer's last fetched high watermark is used.
+        """
+        now = time.monotonic()
+        if app.rebalancing:
+            self._since.clear()
+            progress = _recovery_progress(app)
+            if self._rebalance is None or self._rebalance[0] != progress:
+                self._rebalance = (progress, now)
+            return set()
+        self._rebalance = None
+        if self.stall_s <= 0:
             self._since.clear()
             return set()
         consumer = app.consumer
-        now = time.monotonic()
         stalled = set()
         for tp in consumer.assignment():
             if tp.topic != topic:
                 continue
-            high = consumer.highwater(tp)
+            p = tp.partition
+            high = max(consumer.highwater(tp) or 0, (highs or {}).get(p, 0))
             done = consumer._committed_offset.get(tp) or 0
-            if high is None or done >= high:
-                self._since.pop(tp.partition, None)
+            if done >= high:
+                self._since.pop(p, None)
                 continue
-            seen = self._since.get(tp.partition)
+            seen = self._since.get(p)
             if seen is None or seen[0] != done:
-                self._since[tp.partition] = (done, now)
-            elif now - seen[1] >= self.stall_s:
-                stalled.add(tp.partition)
+                self._since[p] = (done, now)
+            elif now - seen[1] >= self.stall_s and now - self._sought.get(p, -1e18) >= self.stall_s:
+                stalled.add(p)
         return stalled
+
+    def restart_reason(self) -> str | None:
+        """Why the worker should restart, after :meth:`check`; ``None`` while it need not."""
+        if self.restart_s <= 0:
+            return None
+        now = time.monotonic()
+        if self._rebalance is not None and now - self._rebalance[1] >= self.restart_s:
+            return f"a rebalance made no progress for {now - self._rebalance[1]:.0f} s"
+        stuck = {p: round(now - t) for p, (_, t) in self._since.items() if now - t >= self.restart_s}
+        if stuck:
+            return f"raw partitions made no progress despite re-reads (seconds stuck: {stuck})"
+        return None
+
+
+def _dump_state(file: IO[str]) -> None:
+    """Every thread's stack and every asyncio task (what mode's Worker prints on SIGUSR1)."""
+    from mode.utils.logging import cry
+
+    cry(file=file)
+
+
+def _test_wedge_after() -> int | None:
+    """Test hook: ``TRACKFLOW_PIPELINE_TEST_WEDGE=FILE`` makes the agent stop for good after 200
+    events, once: only while FILE does not exist yet (it is created), so the restarted worker runs
+    normally. Stands in for Faust's fetch loop stopping after a broker restart."""
+    marker = os.environ.get("TRACKFLOW_PIPELINE_TEST_WEDGE")
+    if not marker:
+        return None
+    try:
+        with open(marker, "x"):
+            pass
+    except FileExistsError:
+        return None
+    return 200
+
+
+def _recovery_progress(app: Any) -> tuple[int, ...]:
+    """A value that changes while Faust's table recovery reads its changelogs."""
+    recovery = getattr(getattr(app, "tables", None), "recovery", None)
+    if recovery is None:
+        return ()
+    return (
+        sum(v or 0 for v in getattr(recovery, "active_offsets", {}).values()),
+        sum(v or 0 for v in getattr(recovery, "standby_offsets", {}).values()),
+    )
 
 
 async def _seek_raw(consumer: Any, tp: Any, offset: int) -> None:

@@ -1,8 +1,15 @@
-"""Process-level tuning shared by the long-running services (collector, pipeline worker)."""
+"""Process-level helpers shared by the long-running services: GC tuning, restarting in place."""
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import IO, NoReturn
+
+log = logging.getLogger(__name__)
 
 
 def tune_gc() -> None:
@@ -18,3 +25,25 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def restart_in_place(reason: str, diagnostics: Callable[[IO[str]], None] | None = None) -> NoReturn:
+    """Replace this process by a fresh run of the same command line (same pid, new interpreter).
+
+    For a service that has detected it is wedged (see the pipeline worker's stall watchdog): the
+    effect of a SIGKILL followed by a restart, without needing a supervisor, so it works the same
+    under Kubernetes, systemd, the demo and the tests. ``diagnostics`` writes what should be kept
+    about the wedged state (stacks, asyncio tasks) to stderr first. Files and sockets opened with
+    close-on-exec (Python's default, RocksDB's and librdkafka's) are closed by the exec, which
+    also releases RocksDB's lock on its data directory.
+    """
+    log.critical("restarting this process in place: %s", reason)
+    if diagnostics is not None:
+        try:
+            diagnostics(sys.stderr)
+        except Exception:  # diagnostics must never prevent the restart
+            log.exception("diagnostics before the restart failed")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)  # noqa: S606 - the same command line, no shell

@@ -167,6 +167,39 @@ def test_sigkill_mid_stream_loses_nothing(pipe, app):
     assert {e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")} == set(exp_invalid)
 
 
+def test_a_wedged_worker_restarts_itself_in_place_and_loses_nothing(pipe, app, tmp_path):
+    # the test hook stops the agent for good after 200 events, as Faust's fetch loop was seen to
+    # stop after a broker restart: re-reading cannot repair it, so the watchdog restarts the worker
+    app_id = app[0].app_id
+    events = traffic(app_id, 3000, seed=5)
+    exp_enriched, exp_invalid, _ = reference(events)
+    marker = tmp_path / "wedged-once"
+    pipe.env.update(
+        TRACKFLOW_PIPELINE_TEST_WEDGE=str(marker),
+        TRACKFLOW_PIPELINE_STALL_S="3",
+        TRACKFLOW_PIPELINE_STALL_RESTART_S="10",
+    )
+    pipe.produce(events)
+    worker = pipe.start_worker("w1")
+
+    def ids() -> set[str]:
+        return {e["message_id"] for e in pipe.read(pipe.topics.enriched, "enriched_event")}
+
+    pipe.wait_until(
+        lambda: pipe.count(pipe.topics.enriched) >= len(exp_enriched) and ids() >= exp_enriched,
+        240,
+        "all enriched after the restart",
+    )
+    log = pipe.log("w1")
+    assert marker.exists() and "TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here" in log
+    assert "seeking every partition back to its committed offset" in log  # tried first
+    assert "restarting this process in place: pipeline worker wedged" in log
+    assert "THREAD MainThread" in log  # the wedged state's stacks and tasks, kept for diagnosis
+    assert worker.poll() is None  # the same process, running again
+    assert ids() == exp_enriched
+    assert {e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")} == set(exp_invalid)
+
+
 def test_two_workers_split_partitions_and_match_one(pipe, app):
     from confluent_kafka.admin import AdminClient
 

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from pipeline.worker import StallWatchdog, _guard_offsets
@@ -139,6 +140,10 @@ class FakeApp:
     def __init__(self, consumer: FakeConsumer) -> None:
         self.consumer = consumer
         self.rebalancing = False
+        # Faust's table recovery: the changelog offsets read so far
+        self.tables = SimpleNamespace(
+            recovery=SimpleNamespace(active_offsets=Counter(), standby_offsets=Counter())
+        )
 
 
 def test_committed_offset_none_means_zero() -> None:
@@ -188,6 +193,84 @@ def test_watchdog_treats_an_unknown_commit_as_zero(monkeypatch: Any) -> None:
     assert dog.check(FakeApp(c), RAW) == set()
     clock[0] += 6
     assert dog.check(FakeApp(c), RAW) == {0}
+
+
+def test_watchdog_reads_the_broker_high_watermark_not_the_last_fetched_one(monkeypatch: Any) -> None:
+    # a consumer that stopped fetching keeps the high watermark of its last fetch: it looks caught up
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+    c = FakeConsumer()
+    tp = TP(RAW, 0)
+    c.highwaters, c._committed_offset = {tp: 40}, {tp: 40}
+    dog, blind = StallWatchdog(30), StallWatchdog(30)
+    assert dog.check(FakeApp(c), RAW, {0: 90}) == blind.check(FakeApp(c), RAW) == set()
+    clock[0] += 31
+    assert blind.check(FakeApp(c), RAW) == set()  # by the stale value alone: nothing to do
+    assert dog.check(FakeApp(c), RAW, {0: 90}) == {0}
+
+
+def test_watchdog_seeks_a_partition_back_at_most_once_per_stall_period(monkeypatch: Any) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+    c = FakeConsumer()
+    tp = TP(RAW, 0)
+    c.highwaters, c._committed_offset = {tp: 100}, {tp: 10}
+    app, dog = FakeApp(c), StallWatchdog(30, restart_s=90)
+    dog.check(app, RAW)
+    clock[0] += 30
+    assert dog.check(app, RAW) == {0}
+    dog.sought({0})
+    clock[0] += 5
+    assert dog.check(app, RAW) == set()  # just sought back: give the re-read its time
+    assert dog.restart_reason() is None
+    clock[0] += 25
+    assert dog.check(app, RAW) == {0}  # still stuck: once more
+    dog.sought({0})
+    clock[0] += 30
+    dog.check(app, RAW)
+    assert dog.restart_reason() is not None and "{0: 90}" in (dog.restart_reason() or "")
+
+
+def test_watchdog_restart_needs_no_progress_for_the_whole_period(monkeypatch: Any) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+    c = FakeConsumer()
+    tp = TP(RAW, 0)
+    c.highwaters, c._committed_offset = {tp: 1000}, {tp: 10}
+    app, dog = FakeApp(c), StallWatchdog(30, restart_s=90)
+    for _ in range(10):  # slow but steady commits: never a restart
+        dog.check(app, RAW)
+        assert dog.restart_reason() is None
+        clock[0] += 20
+        c._committed_offset[tp] = (c._committed_offset[tp] or 0) + 5
+    never = StallWatchdog(30, restart_s=0)
+    never.check(app, RAW)
+    clock[0] += 10_000
+    never.check(app, RAW)
+    assert never.restart_reason() is None  # restart_s=0: never
+
+
+def test_watchdog_restarts_after_a_rebalance_without_recovery_progress(monkeypatch: Any) -> None:
+    clock = [0.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+    c = FakeConsumer()
+    app, dog = FakeApp(c), StallWatchdog(30, restart_s=90)
+    app.rebalancing = True
+    for _ in range(6):  # table recovery reading its changelogs: progress, however long it takes
+        assert dog.check(app, RAW) == set()
+        assert dog.restart_reason() is None
+        clock[0] += 60
+        app.tables.recovery.active_offsets[TP("changelog", 0)] += 1000
+    dog.check(app, RAW)
+    clock[0] += 89
+    dog.check(app, RAW)
+    assert dog.restart_reason() is None
+    clock[0] += 2
+    dog.check(app, RAW)
+    assert "rebalance made no progress for 91 s" in (dog.restart_reason() or "")
+    app.rebalancing = False  # the rebalance ends: its clock is gone
+    dog.check(app, RAW)
+    assert dog.restart_reason() is None
 
 
 # -- TableState: what a flush stores is exactly what was processed before it began ----------------
