@@ -15,6 +15,11 @@ from typing import Any, Protocol
 Record = dict[str, Any]
 TopicPartition = tuple[str, int]
 
+#: ``Batch.meta`` key: the batch's range may have been written before (a replay of a range the last
+#: owner was writing when it stopped, or a retry after a failed write), so a sink checks what its
+#: idempotence kept out (see :class:`sinks.clickhouse.ClickHouseSink`)
+AGAIN = "again"
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -29,6 +34,7 @@ class Batch:
             ``records`` holds only the fields the live counters need.
         span: the ``(first, last)`` offsets the batch was cut at, when some records of the range
             were dropped (undecodable); default: the first and last of ``offsets``.
+        meta: flags about the batch (:data:`AGAIN`).
     """
 
     topic: str

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from sinks.base import Batch, Record, TopicPartition
+from sinks.base import AGAIN, Batch, Record, TopicPartition
 
 
 @dataclass
@@ -142,7 +142,8 @@ class Batcher:
                 timed_out = buf.plan_since is not None and now - buf.plan_since >= self.plan_timeout_s
                 if not n or not (complete or timed_out):
                     break
-                out.append(Batch(topic, partition, buf.offsets[:n], buf.records[:n], buf.kind))
+                # a replay: its range was being written when the last owner stopped
+                out.append(Batch(topic, partition, buf.offsets[:n], buf.records[:n], buf.kind, meta={AGAIN: True}))
                 del buf.offsets[:n]
                 del buf.records[:n]
                 self.rows -= n

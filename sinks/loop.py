@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
 
 from schemas import Codec
-from sinks.base import Batch, Sink
+from sinks.base import AGAIN, Batch, Sink
 from sinks.batch import Batcher
 from sinks.clickhouse import ClickHouseSink
 from sinks.decode import ArrowDecoder
@@ -220,7 +220,7 @@ class SinkLoop:
         if dec is not None:
             table, recs = dec.decode(b.records, b.topic)
             if table is not None:
-                return Batch(b.topic, b.partition, b.offsets, [], b.kind, table=table, span=span)
+                return Batch(b.topic, b.partition, b.offsets, [], b.kind, table=table, span=span, meta=b.meta)
         else:
             recs = []
             for v in b.records:
@@ -230,7 +230,9 @@ class SinkLoop:
                     log.error("undecodable record in %s/%d skipped: %s", b.topic, b.partition, exc)
                     recs.append(None)
         keep = [(o, r) for o, r in zip(b.offsets, recs, strict=True) if r is not None]
-        return Batch(b.topic, b.partition, [o for o, _ in keep], [r for _, r in keep], b.kind, span=span)
+        return Batch(
+            b.topic, b.partition, [o for o, _ in keep], [r for _, r in keep], b.kind, span=span, meta=b.meta
+        )
 
     def _pause(self) -> None:
         if self._consumer is not None and not self.paused:
@@ -267,6 +269,8 @@ class SinkLoop:
             self._backoff = min(max(self._backoff * 2, 0.2), self.settings.sink_retry_max_s)
             self._retry_at = time.monotonic() + self._backoff
             log.warning("write failed, retrying in %.1fs (consumption paused): %s", self._backoff, exc)
+            for b in self.pending:  # some of it may have been written
+                b.meta[AGAIN] = True
             self._pause()
             raise
         self._commit(self.pending)

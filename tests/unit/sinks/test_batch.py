@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sinks.base import AGAIN
 from sinks.batch import Batcher
 
 
@@ -43,6 +44,9 @@ def test_replay_plan_recuts_the_same_ranges():
     second = b.take(2.0)
     assert [x.token for x in second] == ["t/0/15-19", "t/0/20-22"]
     assert b.rows == 0
+    # the replayed ranges are flagged as written again (the sink checks what ClickHouse kept);
+    # what follows them is new
+    assert [bool(x.meta.get(AGAIN)) for x in first + second] == [True, True, False]
 
 
 def test_plan_gives_up_after_timeout_on_gaps():
