@@ -5,9 +5,11 @@ stack (``TRACKFLOW_KAFKA_BOOTSTRAP``, default 127.0.0.1:19092):
 
 1. the limit: a raw confluent-kafka producer (same settings as the collector) publishing the same
    pre-encoded RawEvents, in this process;
-2. single-event ``/v1/track`` requests: saturation (closed loop), then a fixed offered rate of half
-   the saturation rate (open loop, latency from the scheduled send time);
-3. ``/v1/batch`` with 100 events per request: saturation, then half of it.
+2. single-event ``/v1/track`` requests: saturation (closed loop, with 32, 64, 128, ... connections
+   until the rate grows by less than 5 %: most of a request's latency is Kafka's acknowledgement,
+   so few connections measure latency, not the collector), then a fixed offered rate of half the
+   saturation rate (open loop, latency from the scheduled send time);
+3. ``/v1/batch`` with 100 events per request: the same, from 16 connections.
 
 The load generator (``loadgen.py``) is a separate process. Usage::
 
@@ -299,22 +301,34 @@ def main() -> None:
                 time.sleep(0.2)
         results: dict[str, Any] = {"limit_events_per_s": base["events_per_s"], "cpu": cpu}
         broker = broker_pid()
-        for name, path, per_req, body_file, conns in (
-            ("single", "/v1/track", 1, single, 32),
-            ("batch100", "/v1/batch", 100, batched, 16),
+        for name, path, per_req, body_file, ramp in (
+            ("single", "/v1/track", 1, single, (32, 64, 128, 256, 512)),
+            ("batch100", "/v1/batch", 100, batched, (16, 32, 64)),
         ):
             if a.only and name != a.only:
                 continue
-            with CpuShares(proc.pid, broker) as shares:
-                sat = loadgen(port, key, body_file, path, per_req, "closed", conns, a.duration)
-            print(f"{name:9s} saturation        {fmt(sat)}")
-            events = sat["requests"] * per_req
-            print(f"{name:9s} saturation        {fmt_cpu(shares, events)}")
-            sat["cpu_cores"] = shares.cores
-            sat["collector_cpu_us_per_event"] = shares.seconds["collector"] / max(events, 1) * 1e6
+            # closed-loop clients: a rate of connections / latency, and most of a request's latency
+            # is the wait for Kafka's acknowledgement, not the collector's CPU. So the saturation
+            # rate is searched by doubling the connections until the rate stops growing (< 5 %)
+            sat: dict[str, Any] = {}
+            for conns in ramp:
+                with CpuShares(proc.pid, broker) as shares:
+                    step = loadgen(port, key, body_file, path, per_req, "closed", conns, a.duration)
+                events = step["requests"] * per_req
+                step["connections"] = conns
+                step["cpu_cores"] = shares.cores
+                step["collector_cpu_us_per_event"] = shares.seconds["collector"] / max(events, 1) * 1e6
+                print(f"{name:9s} {conns:4d} connections {fmt(step)}")
+                print(f"{name:9s} {conns:4d} connections {fmt_cpu(shares, events)}")
+                grew = not sat or step["requests_per_s"] > 1.05 * sat["requests_per_s"]
+                if not sat or step["requests_per_s"] > sat["requests_per_s"]:
+                    sat = step
+                if not grew:
+                    break
+            print(f"{name:9s} saturation {sat['requests_per_s']:,.0f} req/s with {sat['connections']} connections")
             half = sat["requests_per_s"] / 2
             fixed = loadgen(
-                port, key, body_file, path, per_req, "open", max(conns, 64), a.duration, rate=half
+                port, key, body_file, path, per_req, "open", max(sat["connections"], 64), a.duration, rate=half
             )
             print(f"{name:9s} fixed {half:7.0f} req/s {fmt(fixed)}")
             results[name] = {"saturation": sat, "fixed_half": fixed}
