@@ -255,10 +255,16 @@ class TableState:
 
     def forget(self, partitions: set[int]) -> None:
         """Drop cached, unflushed state of partitions this worker lost (the new owner replays them)."""
-        caches: list[dict[str, Any]] = [self._dev, self._seen, *self._flushing.values()]
-        for cache in caches:
+        for cache in (self._dev, self._seen):
             for key in [k for k, (p, _) in cache.items() if p in partitions]:
                 del cache[key]
+        # new dicts: a flush in progress holds the old ones as its snapshot, which must stay whole
+        # (its frontier markers cover the partitions' states; without them a marker was stored
+        # ahead of the states it stands for)
+        self._flushing = {
+            name: {k: v for k, v in cache.items() if v[0] not in partitions}
+            for name, cache in self._flushing.items()
+        }
         for p in partitions:
             self._frontier.pop(p, None)
             self._moved.discard(p)
@@ -752,7 +758,8 @@ def build_app(
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(_app: Any, revoked: set[Any], **_: Any) -> None:
-        state.forget({tp.partition for tp in revoked if tp.topic == topics.raw})
+        async with flush_lock:  # a flush that started meanwhile (the commit timer) ends first
+            state.forget({tp.partition for tp in revoked if tp.topic == topics.raw})
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(_app: Any, assigned: set[Any], **_: Any) -> None:

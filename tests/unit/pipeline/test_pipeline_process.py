@@ -129,11 +129,15 @@ def test_replay_after_crash_produces_nothing_and_changes_no_state(proc, raw):
     res = proc.process(raw(), pos=(1, 5), now=NOW)  # the same record delivered again
     assert res.outcome == REPLAYED and not (res.enriched or res.invalid or res.sessions)
     assert proc.counters["replayed"] == 1 and orjson.dumps(proc.state.get_device("a1:dev1")) == before
-    # a record the consumer skipped before later records of the device is NOT a replay
+    # the device's state holds every record of its partition up to its position (the worker
+    # processes a partition strictly in order): an earlier record of the device is a replay too
     later = raw(message_id="m9", timestamp=str(T0 + 60_000))
     assert proc.process(later, pos=(1, 8), now=NOW).outcome == "enriched"
-    skipped = raw(message_id="m7", timestamp=str(T0 + 30_000))
-    assert proc.process(skipped, pos=(1, 6), now=NOW).outcome == "enriched"
+    earlier = raw(message_id="m7", timestamp=str(T0 + 30_000))
+    assert proc.process(earlier, pos=(1, 6), now=NOW).outcome == REPLAYED
+    # a position in another partition says nothing about this one
+    other = raw(message_id="m8", timestamp=str(T0 + 45_000))
+    assert proc.process(other, pos=(2, 1), now=NOW).outcome == "enriched"
     # the message-id entry alone identifies the record
     proc.state.put_device("a1:dev1", {})
     assert proc.process(raw(), pos=(1, 5), now=NOW).outcome == REPLAYED
@@ -142,6 +146,24 @@ def test_replay_after_crash_produces_nothing_and_changes_no_state(proc, raw):
         proc.process(raw(message_id="m10", timestamp=str(T0 + 90_000)), pos=(1, 9), now=NOW).outcome
         == "enriched"
     )
+
+
+def test_a_replayed_content_duplicate_stays_a_duplicate_on_a_state_ahead_of_it(proc, raw):
+    # A, then B (A's content 4 s later: a duplicate), then C (the same content 20 s later: a new
+    # event, whose digest replaces A's). A worker killed after storing the state that holds C, but
+    # before storing the frontier past A and B, reads them again: they must produce nothing. Decided
+    # again on that state, B met C's digest, 16 s away, and was stored (fault suite, worker SIGKILL).
+    a = raw(message_id="a", timestamp=str(T0))
+    b = raw(message_id="b", timestamp=str(T0 + 4_000))
+    c = raw(message_id="c", timestamp=str(T0 + 20_000))
+    assert proc.process(a, pos=(2, 10), now=NOW).outcome == "enriched"
+    assert proc.process(b, pos=(2, 11), now=NOW).outcome == "duplicate_content"
+    assert proc.process(c, pos=(2, 12), now=NOW).outcome == "enriched"
+    state = orjson.dumps(proc.state.get_device("a1:dev1"))
+    for rec, pos in ((a, (2, 10)), (b, (2, 11)), (c, (2, 12))):
+        res = proc.process(rec, pos=pos, now=NOW)
+        assert res.outcome == REPLAYED and not (res.enriched or res.invalid or res.sessions)
+    assert orjson.dumps(proc.state.get_device("a1:dev1")) == state
 
 
 def test_identity_resolution_in_enriched_events(proc, raw):

@@ -450,6 +450,25 @@ def test_forget_drops_unflushed_state_of_lost_partitions(tmp_path: Any) -> None:
     assert st.get_device("a:d0") == {"n": 1}
 
 
+def test_forget_leaves_a_flush_in_progress_whole(tmp_path: Any) -> None:
+    # a revoke during a flush (the commit timer's) must not take the lost partitions' device states
+    # out of the snapshot being stored while their frontier markers stay in it
+    from pipeline.worker import TableState
+
+    st = TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), _Outputs())  # type: ignore[arg-type]
+    for p in (0, 1):
+        st.partition = p
+        st.put_device(f"a:d{p}", {"n": p})
+        st.advance(p, 10 + p)
+    snap = st.snapshot()
+    st.forget({1})
+    assert set(snap["devices"]) == {"a:d0", "a:d1"} and snap["marks"] == {0: 10, 1: 11}
+    st.partition = 1
+    assert st.get_device("a:d1") is None  # forgotten for reads all the same
+    st.partition = 0
+    assert st.get_device("a:d0") == {"n": 0}  # read from the flush in progress
+
+
 # -- the message-id expiry index: on disk, swept in order, never in the changelog ------------------
 
 
