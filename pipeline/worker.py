@@ -747,9 +747,23 @@ def build_app(
 
     app.producer.flush = flush_before_commit  # type: ignore[method-assign]  # Faust flushes it before commits
 
+    def processed_end(tp: Any) -> int | None:
+        """The offset after the last raw record of ``tp`` processed in order (None: unknown)."""
+        c = cast(Any, app.consumer)
+        if tp not in c.assignment():
+            return None  # a revoked partition: Faust discards its commit anyway
+        try:
+            return state.frontier(tp.partition, c._committed_offset.get(tp)) + 1
+        except Exception:  # its database closing: hold this commit, the next one decides
+            log.warning("frontier of %s unreadable: its commit waits", tp, exc_info=True)
+            return -1
+
     # before the first assignment: its seek must already be the guarded one
     sought = _guard_offsets(
-        app.consumer, topics.raw, lambda parts: _resume_positions(kafka, app_id, topics.raw, parts)
+        app.consumer,
+        topics.raw,
+        lambda parts: _resume_positions(kafka, app_id, topics.raw, parts),
+        processed_end,
     )
 
     @app.task  # type: ignore[untyped-decorator]
@@ -1062,7 +1076,10 @@ async def _seek_raw(consumer: Any, tp: Any, offset: int) -> None:
 
 
 def _guard_offsets(
-    consumer: Any, topic: str, resume: Callable[[list[int]], dict[int, int]] | None = None
+    consumer: Any,
+    topic: str,
+    resume: Callable[[list[int]], dict[int, int]] | None = None,
+    processed: Callable[[Any], int | None] | None = None,
 ) -> dict[Any, int] | None:
     """Make Faust's commit bookkeeping strict for the raw topic: never commit past an unseen record.
 
@@ -1081,6 +1098,12 @@ def _guard_offsets(
       Until that seek has happened in an assignment, nothing of the partition is committed
       (records fetched before it come from a stale position, and committing them moved the
       group's offset backwards after a restart).
+
+    - With ``processed`` (raw partition -> the offset after the last record the agent processed in
+      order, or ``None``), a commit never goes past it. The agent acknowledges the records it skips
+      past a hole too (Faust acknowledges every record an agent iterates over); the seek back
+      forgets those, but records still buffered from before the seek are skipped and acknowledged
+      again, and their run could reach the commit before the re-read processed them.
 
     Either way commits stop before a hole, and the :class:`StallWatchdog` seeks back to read it.
     Returns the per-partition sought offsets (the watchdog updates them when it seeks); ``None``
@@ -1127,9 +1150,16 @@ def _guard_offsets(
                 log.warning("commit of %s held at %s: offsets from %s acknowledged", tp, committed, acked[0])
             return None
         run = next(consecutive_numbers(acked))
-        del acked[: len(run)]
-        index.difference_update(run)
-        return int(run[-1]) + 1
+        end = int(run[-1]) + 1
+        cap = processed(tp) if processed is not None else None
+        if cap is not None and cap < end:
+            if cap <= committed:
+                return None
+            end = cap
+        taken = end - committed  # the run starts at the committed offset, one record per offset
+        index.difference_update(acked[:taken])
+        del acked[:taken]
+        return end
 
     consumer._add_gap = guarded_gap
     consumer._new_offset = strict_new_offset

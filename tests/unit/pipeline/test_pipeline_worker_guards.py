@@ -97,6 +97,29 @@ def test_a_hole_in_the_middle_commits_only_up_to_it() -> None:
     assert c._acked[tp] == [5, 6]
 
 
+def test_a_commit_never_passes_the_last_record_processed_in_order() -> None:
+    # the agent processed 100..150; 151..160 came first from a buffer of before the seek back, were
+    # skipped past the hole and acknowledged: committing 161 would lose them if the worker died now
+    c, tp = FakeConsumer(), TP(RAW, 0)
+    frontier = {tp: 150}
+    _guard_offsets(c, RAW, processed=lambda t: frontier[t] + 1 if t in frontier else None)
+    c._committed_offset[tp] = 100
+    c.ack(tp, *range(151, 161), *range(100, 151))
+    assert c._new_offset(tp) == 151
+    assert c._acked[tp] == list(range(151, 161))  # kept for when they are processed
+    assert c._new_offset(tp) is None  # nothing past the frontier
+    frontier[tp] = 155  # processed now (re-read in order)
+    c._committed_offset[tp] = 151
+    assert c._new_offset(tp) == 156 and c._acked[tp] == list(range(156, 161))
+    frontier[tp] = -2  # unknown (a database closing): hold the commit
+    c._committed_offset[tp] = 156
+    assert c._new_offset(tp) is None and c._acked[tp] == list(range(156, 161))
+    other = TP(RAW, 1)  # no cap known (a revoked partition): the run decides
+    c._committed_offset[other] = 0
+    c.ack(other, 0, 1, 2)
+    assert c._new_offset(other) == 3
+
+
 def test_re_acknowledged_offsets_below_the_commit_are_dropped() -> None:
     c, tp = guarded(), TP(RAW, 0)
     c._committed_offset[tp] = 20
