@@ -602,7 +602,8 @@ class Watermarks:
 
     Faust's ``consumer.highwater`` is what the last fetch response said: a consumer that stopped
     fetching keeps reporting the value of its last fetch, so a wedged fetch loop looks caught up.
-    One long-lived client (used from one thread at a time: the worker's timers do not overlap).
+    One long-lived client, shared by the worker's timers (librdkafka's watermark query is
+    thread-safe; creating the client makes no connection yet).
 
     Parameters:
         kafka: connection settings.
@@ -610,27 +611,19 @@ class Watermarks:
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
-        self._kafka = kafka
         self._topic = topic
-        self._client: Any = None
+        self._client = group_client(kafka, "trackflow-watermarks")
 
     def get(self, partitions: list[int], timeout: float = 5.0) -> dict[int, tuple[int, int]] | None:
         """``{partition: (low, high)}``, or ``None`` when the broker does not answer in time."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        get = self._client.get_watermark_offsets
         try:
-            if self._client is None:
-                self._client = group_client(self._kafka, "trackflow-watermarks")
-            get = self._client.get_watermark_offsets
             return {p: get(TopicPartition(self._topic, p), timeout=timeout) for p in partitions}
         except KafkaException as exc:
             log.info("raw watermarks unavailable: %s", exc)
             return None
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 def _resume_positions(kafka: KafkaSettings, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -748,7 +741,8 @@ def build_app(
     app.producer.flush = flush_before_commit  # type: ignore[method-assign]  # Faust flushes it before commits
 
     def processed_end(tp: Any) -> int | None:
-        """The offset after the last raw record of ``tp`` processed in order (None: unknown)."""
+        """The offset after the last raw record of ``tp`` processed in order; ``None`` for a
+        partition no longer assigned (no cap), -1 when unreadable (the commit waits)."""
         c = cast(Any, app.consumer)
         if tp not in c.assignment():
             return None  # a revoked partition: Faust discards its commit anyway
@@ -792,13 +786,7 @@ def build_app(
         )._committed_offset  # Faust's: the next offset to read, per partition
         if not fx.ready.is_set():
             await asyncio.to_thread(fx.ready.wait, settings.fx_wait_s)
-        wedge_after = _test_wedge_after()
-        async for event in stream.events():
-            if wedge_after is not None:
-                wedge_after -= 1
-                if wedge_after < 0:
-                    log.error("TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here for good")
-                    await asyncio.Event().wait()
+        async for event in _with_test_wedge(stream.events()):
             if fx.queue:
                 fx.drain(rates)
             msg = event.message
@@ -893,6 +881,8 @@ def build_app(
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def stall_watchdog() -> None:
+        if settings.stall_s <= 0 and settings.stall_restart_s <= 0:
+            return
         c = cast(Any, app.consumer)
         raw = [tp for tp in c.assignment() if tp.topic == topics.raw]
         marks = await asyncio.to_thread(watermarks.get, sorted(tp.partition for tp in raw))
@@ -1035,19 +1025,30 @@ def _dump_state(file: IO[str]) -> None:
     cry(file=file)
 
 
-def _test_wedge_after() -> int | None:
-    """Test hook: ``TRACKFLOW_PIPELINE_TEST_WEDGE=FILE`` makes the agent stop for good after 200
+def _with_test_wedge(events: Any) -> Any:
+    """Test hook: with ``TRACKFLOW_PIPELINE_TEST_WEDGE=FILE`` the agent stops for good after 200
     events, once: only while FILE does not exist yet (it is created), so the restarted worker runs
-    normally. Stands in for Faust's fetch loop stopping after a broker restart."""
+    normally. Stands in for Faust's fetch loop stopping after a broker restart. Without it,
+    ``events`` as they are (nothing added to the agent's loop)."""
     marker = os.environ.get("TRACKFLOW_PIPELINE_TEST_WEDGE")
     if not marker:
-        return None
+        return events
     try:
         with open(marker, "x"):
             pass
     except FileExistsError:
-        return None
-    return 200
+        return events
+
+    async def wedged() -> Any:
+        n = 0
+        async for event in events:
+            if n == 200:
+                log.error("TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here for good")
+                await asyncio.Event().wait()
+            n += 1
+            yield event
+
+    return wedged()
 
 
 def _recovery_progress(app: Any) -> tuple[int, ...]:

@@ -140,6 +140,19 @@ def test_exact_outputs_sessions_and_fx(pipe, app):
     assert len(lonely) == 1 and lonely[0]["close_reason"] == "inactivity" and lonely[0]["events"] == 1
 
 
+def enriched_ids(pipe: Any) -> set[str]:
+    return {e["message_id"] for e in pipe.read(pipe.topics.enriched, "enriched_event")}
+
+
+def wait_for_enriched(pipe: Any, expected: set[str], timeout: float, what: str) -> None:
+    """Until every expected message id is on the enriched topic (replays may add duplicates)."""
+    pipe.wait_until(
+        lambda: pipe.count(pipe.topics.enriched) >= len(expected) and enriched_ids(pipe) >= expected,
+        timeout,
+        what,
+    )
+
+
 def test_sigkill_mid_stream_loses_nothing(pipe, app):
     app_id = app[0].app_id
     events = traffic(app_id, 12000, seed=2)
@@ -150,15 +163,7 @@ def test_sigkill_mid_stream_loses_nothing(pipe, app):
     pipe.kill("w1")  # SIGKILL, mid-stream
     assert pipe.count(pipe.topics.enriched) < len(exp_enriched)
     pipe.start_worker("w1")
-
-    def ids() -> set[str]:
-        return {e["message_id"] for e in pipe.read(pipe.topics.enriched, "enriched_event")}
-
-    pipe.wait_until(
-        lambda: pipe.count(pipe.topics.enriched) >= len(exp_enriched) and ids() >= exp_enriched,
-        180,
-        "all enriched after restart",
-    )
+    wait_for_enriched(pipe, exp_enriched, 180, "all enriched after restart")
     time.sleep(3)
     enriched = pipe.read(pipe.topics.enriched, "enriched_event")
     got = {e["message_id"] for e in enriched}
@@ -181,22 +186,14 @@ def test_a_wedged_worker_restarts_itself_in_place_and_loses_nothing(pipe, app, t
     )
     pipe.produce(events)
     worker = pipe.start_worker("w1")
-
-    def ids() -> set[str]:
-        return {e["message_id"] for e in pipe.read(pipe.topics.enriched, "enriched_event")}
-
-    pipe.wait_until(
-        lambda: pipe.count(pipe.topics.enriched) >= len(exp_enriched) and ids() >= exp_enriched,
-        240,
-        "all enriched after the restart",
-    )
+    wait_for_enriched(pipe, exp_enriched, 240, "all enriched after the restart")
     log = pipe.log("w1")
     assert marker.exists() and "TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here" in log
     assert "seeking every partition back to its committed offset" in log  # tried first
     assert "restarting this process in place: pipeline worker wedged" in log
     assert "THREAD MainThread" in log  # the wedged state's stacks and tasks, kept for diagnosis
     assert worker.poll() is None  # the same process, running again
-    assert ids() == exp_enriched
+    assert enriched_ids(pipe) == exp_enriched
     assert {e["message_id"] for e in pipe.read(pipe.topics.invalid, "invalid_event")} == set(exp_invalid)
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -112,6 +113,20 @@ def _lose_rows(client: Any, app: str, partition: int) -> None:
     client.command(f"ALTER TABLE sessions DELETE WHERE app_id = '{app}'", settings={"mutations_sync": 2})
 
 
+@contextlib.contextmanager
+def _lost_flush(sink: ClickHouseSink) -> Iterator[tuple[str, list[Batch]]]:
+    """A flush written by ``sink``, then partition 1's events and the session lost (token kept);
+    yields ``(app, flush)`` and closes the sink."""
+    app = f"par-{uuid.uuid4().hex[:6]}"
+    try:
+        flush = _flush(app, int(time.time() * 1000))
+        sink.write(flush)
+        _lose_rows(sink.client, app, 1)
+        yield app, flush
+    finally:
+        sink.close()
+
+
 def _again(flush: list[Batch]) -> list[Batch]:
     for b in flush:
         b.meta[AGAIN] = True
@@ -120,26 +135,16 @@ def _again(flush: list[Batch]) -> list[Batch]:
 
 def test_a_token_without_its_rows_drops_a_plain_rewrite(fresh_db: ClickHouseSettings) -> None:
     # the premise: ClickHouse drops a block whose token it has seen, whether or not its rows exist
-    app = f"par-{uuid.uuid4().hex[:6]}"
     sink = _sink(fresh_db)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
-        sink.write(flush)
-        _lose_rows(sink.client, app, 1)
+    with _lost_flush(sink) as (app, flush):
         sink.write(flush)  # not marked as written again: no check
         assert _count(sink.client, "events", app) == 75
         assert _count(sink.client, "sessions", app) == 0
-    finally:
-        sink.close()
 
 
 def test_a_rewritten_batch_gets_back_the_rows_its_token_dropped_once(fresh_db: ClickHouseSettings) -> None:
-    app = f"par-{uuid.uuid4().hex[:6]}"
     sink = _sink(fresh_db)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
-        sink.write(flush)
-        _lose_rows(sink.client, app, 1)
+    with _lost_flush(sink) as (app, flush):
         sink.write(_again(flush))
         assert sink.reinserted == 26  # 25 events of partition 1 and the session
         assert _count(sink.client, "events", app) == 100
@@ -151,21 +156,13 @@ def test_a_rewritten_batch_gets_back_the_rows_its_token_dropped_once(fresh_db: C
         sink.write(flush)  # and once more, now that every row is there: nothing changes
         assert sink.reinserted == 26
         assert _count(sink.client, "events", app) == 100
-    finally:
-        sink.close()
 
 
 def test_a_cluster_sink_does_not_check_rewrites(fresh_db: ClickHouseSettings) -> None:
     # replicated tables keep block ids with their parts, and a Distributed insert may not be visible
     # yet: checking there would insert rows twice
-    app = f"par-{uuid.uuid4().hex[:6]}"
     sink = ClickHouseSink(connect(fresh_db), group="test-parallel", check_rewrites=False)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
-        sink.write(flush)
-        _lose_rows(sink.client, app, 1)
+    with _lost_flush(sink) as (app, flush):
         sink.write(_again(flush))
         assert sink.reinserted == 0
         assert _count(sink.client, "events", app) == 75
-    finally:
-        sink.close()

@@ -11,6 +11,8 @@ from collections import Counter, defaultdict
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
+import pytest
+
 from pipeline.worker import StallWatchdog, _guard_offsets
 
 RAW = "tf.events.raw"
@@ -159,6 +161,14 @@ def test_nothing_is_committed_before_the_seek_and_every_partition_is_sought_to_t
     assert c._new_offset(p1) == 1
 
 
+@pytest.fixture
+def clock(monkeypatch: Any) -> list[float]:
+    """The watchdog's monotonic clock, set by the test: ``clock[0]``."""
+    now = [0.0]
+    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: now[0])
+    return now
+
+
 class FakeApp:
     def __init__(self, consumer: FakeConsumer) -> None:
         self.consumer = consumer
@@ -178,9 +188,8 @@ def test_committed_offset_none_means_zero() -> None:
     assert c._new_offset(tp) == 3
 
 
-def test_watchdog_reports_partitions_whose_commit_is_stuck_below_the_records(monkeypatch: Any) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+def test_watchdog_reports_partitions_whose_commit_is_stuck_below_the_records(clock: list[float]) -> None:
+    clock[0] = 1000.0
     c = FakeConsumer()
     stuck, busy, idle = TP(RAW, 0), TP(RAW, 1), TP(RAW, 2)
     c.highwaters = {stuck: 100, busy: 100, idle: 50, TP("other", 0): 10}
@@ -204,9 +213,7 @@ def test_watchdog_reports_partitions_whose_commit_is_stuck_below_the_records(mon
     assert dog.check(app, RAW) == set()
 
 
-def test_watchdog_treats_an_unknown_commit_as_zero(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+def test_watchdog_treats_an_unknown_commit_as_zero(clock: list[float]) -> None:
     c = FakeConsumer()
     tp = TP(RAW, 0)
     c.highwaters = {tp: 0}
@@ -218,10 +225,8 @@ def test_watchdog_treats_an_unknown_commit_as_zero(monkeypatch: Any) -> None:
     assert dog.check(FakeApp(c), RAW) == {0}
 
 
-def test_watchdog_reads_the_broker_high_watermark_not_the_last_fetched_one(monkeypatch: Any) -> None:
+def test_watchdog_reads_the_broker_high_watermark_not_the_last_fetched_one(clock: list[float]) -> None:
     # a consumer that stopped fetching keeps the high watermark of its last fetch: it looks caught up
-    clock = [0.0]
-    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
     c = FakeConsumer()
     tp = TP(RAW, 0)
     c.highwaters, c._committed_offset = {tp: 40}, {tp: 40}
@@ -232,9 +237,7 @@ def test_watchdog_reads_the_broker_high_watermark_not_the_last_fetched_one(monke
     assert dog.check(FakeApp(c), RAW, {0: 90}) == {0}
 
 
-def test_watchdog_seeks_a_partition_back_at_most_once_per_stall_period(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+def test_watchdog_seeks_a_partition_back_at_most_once_per_stall_period(clock: list[float]) -> None:
     c = FakeConsumer()
     tp = TP(RAW, 0)
     c.highwaters, c._committed_offset = {tp: 100}, {tp: 10}
@@ -254,9 +257,7 @@ def test_watchdog_seeks_a_partition_back_at_most_once_per_stall_period(monkeypat
     assert dog.restart_reason() is not None and "{0: 90}" in (dog.restart_reason() or "")
 
 
-def test_watchdog_restart_needs_no_progress_for_the_whole_period(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+def test_watchdog_restart_needs_no_progress_for_the_whole_period(clock: list[float]) -> None:
     c = FakeConsumer()
     tp = TP(RAW, 0)
     c.highwaters, c._committed_offset = {tp: 1000}, {tp: 10}
@@ -273,9 +274,7 @@ def test_watchdog_restart_needs_no_progress_for_the_whole_period(monkeypatch: An
     assert never.restart_reason() is None  # restart_s=0: never
 
 
-def test_watchdog_restarts_after_a_rebalance_without_recovery_progress(monkeypatch: Any) -> None:
-    clock = [0.0]
-    monkeypatch.setattr("pipeline.worker.time.monotonic", lambda: clock[0])
+def test_watchdog_restarts_after_a_rebalance_without_recovery_progress(clock: list[float]) -> None:
     c = FakeConsumer()
     app, dog = FakeApp(c), StallWatchdog(30, restart_s=90)
     app.rebalancing = True
