@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import clickhouse_connect
@@ -359,6 +360,54 @@ def missing_rows(client: Client, table: str, topic: str, partition: int, data: A
     return data.filter(lost) if pc.any(lost).as_py() else None
 
 
+@dataclass
+class _Insert:
+    """One insert of a flush: the rows of ``batches`` (one or more) into ``table``.
+
+    Its token is the batch's own, or for several batches their tokens joined in order, so the
+    same batches retried together carry the same token again. ``parts`` holds each batch's rows
+    (for the rewrite check); ``data`` all of them.
+    """
+
+    batches: list[Any]
+    table: str
+    data: Any
+    parts: list[Any] = field(default_factory=list)
+
+    @property
+    def token(self) -> str:
+        return "+".join(b.token for b in self.batches)
+
+
+def _combine_events(inserts: list[_Insert]) -> list[_Insert]:
+    """The flush's ``events`` batches merged into one insert (the other kinds stay one per batch).
+
+    Embedded, an insert into ``events`` costs the same fixed work (its materialized views, a new
+    part and later its merges) whatever its size: one insert of 50,000 rows took 4.0 us CPU per
+    row where four of 12,500 took 5.8 (``bench/sink``). The merged insert's token joins the
+    batches' tokens in (topic, partition, offset) order; a retry of the same flush carries it
+    again. A replay after a restart whose batches come together differently carries another
+    token, and the message-id lookup (:func:`drop_stored_events_many`) then drops what is stored.
+    """
+    events = sorted(
+        (i for i in inserts if i.batches[0].kind == "events"),
+        key=lambda i: (i.batches[0].topic, i.batches[0].partition, i.batches[0].first_offset),
+    )
+    if len(events) < 2:
+        return inserts
+    import pyarrow as pa
+
+    parts = [i.data for i in events]
+    merged = _Insert(
+        [i.batches[0] for i in events],
+        events[0].table,
+        pa.concat_tables(parts, promote_options="permissive").combine_chunks(),
+        parts,
+    )
+    rest = [i for i in inserts if i.batches[0].kind != "events"]
+    return [merged, *rest]
+
+
 @contextlib.contextmanager
 def _failure(b: Any, what: str) -> Iterator[None]:
     """Any error inside becomes :class:`StorageUnavailable` naming the batch (the loop retries it)."""
@@ -481,13 +530,14 @@ class ClickHouseSink:
                 kept = drop_stored_events_many(self.client, [prepared[i][2] for i in events])
             for i, data in zip(events, kept, strict=True):
                 prepared[i] = (prepared[i][0], prepared[i][1], data)
-        if self._pool is None or len(prepared) < 2:
-            for b, table, data in prepared:
-                self.inserts += self._insert(self.client, b, table, data)
+        inserts = _combine_events([_Insert([b], table, data) for b, table, data in prepared])
+        if self._pool is None or len(inserts) < 2:
+            for ins in inserts:
+                self.inserts += self._insert(self.client, ins)
             return
         clients = self._clients
         assert clients is not None
-        futures = [self._pool.submit(lambda p: self._insert(clients.get(), *p), p) for p in prepared]
+        futures = [self._pool.submit(lambda i: self._insert(clients.get(), i), ins) for ins in inserts]
         failed: list[BaseException] = []
         for f in futures:  # every insert has ended before the flush is retried
             error = f.exception()
@@ -498,16 +548,21 @@ class ClickHouseSink:
         if failed:
             raise failed[0]
 
-    def _insert(self, client: Client, b: Any, table: str, data: Any) -> int:
-        """Insert one batch with its token; returns 1 if rows were inserted."""
+    def _insert(self, client: Client, ins: _Insert) -> int:
+        """Run one insert with its token; returns 1 if rows were inserted."""
+        b = ins.batches[0]
         with _failure(b, "insert into"):
+            data = ins.data
             if b.kind == "invalid" and data.num_rows:
-                data = drop_stored_dead_letters(client, table, data)
+                data = drop_stored_dead_letters(client, ins.table, data)
             if not data.num_rows:
                 return 0
-            client.insert_arrow(table, data, settings=insert_settings(b.kind, data, b.token))
-            if self.check_rewrites and b.meta.get(AGAIN) and table in _IDENTITY:
-                self._restore(client, b, table, data)
+            client.insert_arrow(ins.table, data, settings=insert_settings(b.kind, data, ins.token))
+            if self.check_rewrites and ins.table in _IDENTITY:
+                parts = ins.parts if len(ins.batches) > 1 else [data]
+                for member, rows in zip(ins.batches, parts, strict=True):
+                    if member.meta.get(AGAIN) and rows.num_rows:
+                        self._restore(client, member, ins.table, rows)
         return 1
 
     def _restore(self, client: Client, b: Any, table: str, data: Any) -> None:
