@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
@@ -93,6 +93,10 @@ class SinkLoop:
         self.on_flush: Callable[[list[Batch]], None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-redis")
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sink-decode")
+        #: write a flush on the writer thread while the loop consumes the next one (see :meth:`_flush`)
+        self.overlap = True
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-write")
+        self._inflight: Future[None] | None = None
 
     # -- Kafka plumbing --------------------------------------------------------------------
 
@@ -129,6 +133,11 @@ class SinkLoop:
         return {tp: max(o, 0) for tp, o in offsets.items()}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._inflight is not None:  # its client reads the intents below; its commit comes first
+            try:
+                self._settle()
+            except SinkError as exc:
+                log.warning("write in flight failed at assignment; it is retried: %s", exc)
         offsets = self._committed(consumer, partitions)
         if not offsets:
             return
@@ -165,7 +174,12 @@ class SinkLoop:
         consumer.subscribe(list(self.kinds), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not self.stop_event.is_set():
-                timeout = 0.1 if (self.paused or self.pending) else min(0.25, self.settings.sink_batch_age_s)
+                if self._inflight is not None:
+                    timeout = 0.01  # back soon to commit it
+                elif self.paused or self.pending:
+                    timeout = 0.1
+                else:
+                    timeout = min(0.25, self.settings.sink_batch_age_s)
                 msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=timeout)
                 now, wall = time.monotonic(), time.time()
                 self.backlog = len(msgs) >= CONSUME_BATCH
@@ -207,6 +221,7 @@ class SinkLoop:
             self._consumer = None
             self._pool.shutdown(wait=True)
             self._decode_pool.shutdown(wait=True)
+            self._writer.shutdown(wait=True)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -245,6 +260,16 @@ class SinkLoop:
             self.paused = False
 
     def _flush(self, force: bool = False) -> None:
+        """Write and commit what is due; raises :class:`SinkError` when a write failed (kept for a retry).
+
+        The writes of a flush run on the writer thread while this thread goes on consuming and
+        decoding (:attr:`overlap`): the next flush starts once the previous one is committed, so
+        writes and commits stay in order. ``force`` (a revoke, the end) waits for everything.
+        """
+        if self._inflight is not None:
+            if not (force or self._inflight.done()):
+                return
+            self._settle()
         now = time.monotonic()
         if self.pending and now < self._retry_at and not force:
             return
@@ -260,19 +285,41 @@ class SinkLoop:
             if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
                 self._resume()
             return
+        if self.overlap and not force and not self._hooks():
+            self._inflight = self._writer.submit(self._write, self.pending)
+            return
         try:
             self._write(self.pending)
         except SinkError as exc:
-            self.stats["write_failures"] += 1
-            self.stats["last_error"] = str(exc)
-            self.stats["healthy"] = False
-            self._backoff = min(max(self._backoff * 2, 0.2), self.settings.sink_retry_max_s)
-            self._retry_at = time.monotonic() + self._backoff
-            log.warning("write failed, retrying in %.1fs (consumption paused): %s", self._backoff, exc)
-            for b in self.pending:  # some of it may have been written
-                b.meta[AGAIN] = True
-            self._pause()
+            self._failed(exc)
             raise
+        self._written()
+
+    def _settle(self) -> None:
+        """Wait for the write in flight, then commit it (or keep it for a retry and raise)."""
+        fut, self._inflight = self._inflight, None
+        if fut is None:
+            return
+        error = fut.exception()
+        if error is None:
+            self._written()
+            return
+        if isinstance(error, SinkError):
+            self._failed(error)
+        raise error
+
+    def _failed(self, exc: SinkError) -> None:
+        self.stats["write_failures"] += 1
+        self.stats["last_error"] = str(exc)
+        self.stats["healthy"] = False
+        self._backoff = min(max(self._backoff * 2, 0.2), self.settings.sink_retry_max_s)
+        self._retry_at = time.monotonic() + self._backoff
+        log.warning("write failed, retrying in %.1fs (consumption paused): %s", self._backoff, exc)
+        for b in self.pending:  # some of it may have been written
+            b.meta[AGAIN] = True
+        self._pause()
+
+    def _written(self) -> None:
         self._commit(self.pending)
         self.stats["rows_written"] += sum(len(b) for b in self.pending)
         self.stats["batches_written"] += len(self.pending)
@@ -286,9 +333,11 @@ class SinkLoop:
         if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
             self._resume()
 
+    def _hooks(self) -> bool:
+        return self.settings.sink_crash_after_insert or self.settings.sink_crash_after_redis
+
     def _write(self, batches: list[Batch]) -> None:
-        hooks = self.settings.sink_crash_after_insert or self.settings.sink_crash_after_redis
-        if len(self.sinks) == 2 and not hooks:
+        if len(self.sinks) == 2 and not self._hooks():
             # ClickHouse and Redis in parallel (chdb and the socket release the GIL); both must
             # succeed before the commit, and a retry is harmless for the one that did
             fut = self._pool.submit(self.sinks[1].write, batches)

@@ -28,6 +28,7 @@ from sinks.migrate import migrate
 from sinks.settings import SinkSettings
 from trackflow.apps import open_registry
 from trackflow.config import ClickHouseSettings, CoreSettings, KafkaSettings, RedisSettings
+from trackflow.runtime import tune_gc
 
 log = logging.getLogger("trackflow.sink")
 
@@ -87,6 +88,7 @@ def serve(with_api: bool = True, port: int | None = None) -> None:
     if not with_api:
         signal.signal(signal.SIGTERM, lambda *_: loop.stop())
         signal.signal(signal.SIGINT, lambda *_: loop.stop())
+        tune_gc()
         thread.start()
         while thread.is_alive():
             thread.join(0.5)
@@ -115,6 +117,7 @@ def serve(with_api: bool = True, port: int | None = None) -> None:
     host = settings.read_api_host if settings.read_api_host not in ("0.0.0.0", "") else "127.0.0.1"
     _write_private(info, {"url": f"http://{host}:{bound}", "port": bound, "pid": os.getpid(), "token": token,
                           "database": ch.clickhouse_database, "embedded": ch.is_embedded()})
+    tune_gc()  # start-up is done: fewer collections, none walking what start-up built
     thread.start()
     # uvicorn re-raises the signal that stopped it, after restoring the previous handlers: make those
     # ours, so the final flush, commit and clean-up below run instead of the default "terminate".

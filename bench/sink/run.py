@@ -85,6 +85,14 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def settle_merges(client, limit_s: float = 120.0) -> float:
+    """Wait until ClickHouse runs no background merge (at most ``limit_s``); returns the seconds waited."""
+    t = time.monotonic()
+    while client.query("SELECT count() FROM system.merges").result_rows[0][0] and time.monotonic() - t < limit_s:
+        time.sleep(0.5)
+    return time.monotonic() - t
+
+
 def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
     """Phases 1-4: pre-fill, the sink loop, the bare insert baselines, Redis alone."""
     import redis
@@ -98,6 +106,7 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
     from sinks.rows import EVENTS
     from sinks.service import build_loop
     from trackflow.config import RedisSettings
+    from trackflow.runtime import tune_gc
 
     records = make_records(n, int(time.time() * 1000))
     t = time.monotonic()
@@ -113,6 +122,7 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
             done.set()
 
     loop.on_flush = on_flush
+    tune_gc()  # as `trackflow sink` does once started
     th = threading.Thread(target=loop.run, daemon=True)
     t = time.monotonic()
     th.start()
@@ -138,6 +148,9 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
     #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
     #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
     #    (the baseline of the earlier reports).
+    # the sink's parts are still being merged in this process: the baseline starts once that is
+    # over (it varied from 217k to 450k rows/s with them running)
+    print(f"waited {settle_merges(client):.1f}s for the merges of the sink's parts before the baseline")
     migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
     client.command("CREATE TABLE bench.events_bare AS bench.events")
     table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
@@ -161,10 +174,7 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
 
     # 4. Redis counters alone, once ClickHouse's background merges of phases 2-3 are done: they run
     #    in this process and took a core from it (85-105k events/s measured during them, ~190k after)
-    t = time.monotonic()
-    while client.query("SELECT count() FROM system.merges").result_rows[0][0] and time.monotonic() - t < 120:
-        time.sleep(0.5)
-    print(f"waited {time.monotonic() - t:.1f}s for ClickHouse's background merges to finish")
+    print(f"waited {settle_merges(client):.1f}s for ClickHouse's background merges to finish")
     rs = RedisSettings()
     r = redis.Redis.from_url(rs.redis_url.get_secret_value())
     rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")

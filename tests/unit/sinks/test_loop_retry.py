@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
+
+import pytest
 
 from sinks.base import AGAIN
 from sinks.exceptions import StorageUnavailable
@@ -258,3 +262,88 @@ def test_a_flush_decodes_its_batches_in_parallel_and_counts_undecodable_records(
     assert ch.written == [["x.events.enriched/0/0-2", "x.events.enriched/1/5-6"]]
     assert loop.stats["decode_errors"] == 2 and loop.stats["rows_written"] == 3
     assert loop._consumer.commits == [[(topic, 0, 3), (topic, 1, 7)]]  # type: ignore[attr-defined]
+
+
+class GatedSink(FlakySink):
+    """Writes only once :attr:`gate` is set (a slow ClickHouse), failing the first ``failures``."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.gate = threading.Event()
+
+    def write(self, batches: Any) -> None:
+        assert self.gate.wait(10)
+        super().write(batches)
+
+
+def _overlapping(sink: GatedSink) -> tuple[SinkLoop, FakeConsumer]:
+    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=100, sink_retry_max_s=0.01)
+    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, sink, [], codecs={})  # type: ignore[arg-type]
+    consumer = FakeConsumer()
+    loop._consumer = consumer  # type: ignore[assignment]
+    return loop, consumer
+
+
+def _add(loop: SinkLoop, offsets: range) -> None:
+    for o in offsets:
+        loop.batcher.add("x.events.enriched", 0, o, {"o": o}, "events", 0.0)
+
+
+def _landed(loop: SinkLoop) -> None:
+    assert loop._inflight is not None
+    loop._inflight.exception(10)  # the write ended (or failed)
+
+
+def test_a_write_in_flight_lets_the_loop_go_on_and_is_committed_only_after_it_ends():
+    sink = GatedSink()
+    loop, consumer = _overlapping(sink)
+    _add(loop, range(3))
+    loop._flush()  # the write starts on the writer thread; the loop is back at once
+    assert loop._inflight is not None and not consumer.commits
+    _add(loop, range(3, 6))  # consumed meanwhile
+    loop._flush()  # still writing: nothing committed, nothing else started
+    assert not consumer.commits and loop.batcher.rows == 3
+    sink.gate.set()
+    _landed(loop)
+    loop._flush()  # the first write is committed, then the next one starts
+    assert consumer.commits == [[("x.events.enriched", 0, 3)]]
+    _landed(loop)
+    loop._flush(force=True)
+    assert sink.written == [["x.events.enriched/0/0-2"], ["x.events.enriched/0/3-5"]]
+    assert consumer.commits == [[("x.events.enriched", 0, 3)], [("x.events.enriched", 0, 6)]]
+    loop._writer.shutdown()
+
+
+def test_a_failed_write_in_flight_is_kept_paused_and_retried_as_written_again():
+    sink = GatedSink(failures=1)
+    sink.gate.set()
+    loop, consumer = _overlapping(sink)
+    _add(loop, range(3))
+    loop._flush()
+    _landed(loop)
+    with pytest.raises(StorageUnavailable):
+        loop._flush()
+    assert consumer.paused and len(loop.pending) == 1 and not consumer.commits
+    assert loop.stats["write_failures"] == 1 and loop.stats["healthy"] is False
+    time.sleep(0.05)  # past the back-off
+    loop._flush()
+    _landed(loop)
+    loop._flush()
+    assert sink.again == [[False], [True]]
+    assert consumer.commits == [[("x.events.enriched", 0, 3)]] and not consumer.paused and not loop.pending
+    loop._writer.shutdown()
+
+
+def test_a_forced_flush_waits_for_the_write_in_flight_then_writes_the_rest():
+    # a revoke or the end of the loop: everything consumed is written and committed, in order
+    sink = GatedSink()
+    loop, consumer = _overlapping(sink)
+    _add(loop, range(3))
+    loop._flush()
+    _add(loop, range(3, 4))
+    threading.Timer(0.1, sink.gate.set).start()
+    loop._flush(force=True)
+    assert sink.written == [["x.events.enriched/0/0-2"], ["x.events.enriched/0/3-3"]]
+    assert consumer.commits == [[("x.events.enriched", 0, 3)], [("x.events.enriched", 0, 4)]]
+    assert loop._inflight is None and not loop.pending
+    loop._writer.shutdown()
