@@ -439,12 +439,12 @@ class ClickHouseSink:
     Keeper with the part, and a Distributed insert may not be visible yet, so a cluster is not
     checked.
 
-    The batches of one flush (one per partition and kind) are inserted in parallel when
-    ``clients`` is given: an insert into ``events`` has a fixed cost (its materialized views, the
-    new parts) that leaves a core idle, and four sequential inserts of 12,500 rows took 530-610 ms
-    where four parallel ones took 285-440 ms (embedded chdb, 2 cores). Each insert keeps its own
-    batch's token, so nothing about retries and replays changes; the flush succeeds only if every
-    insert did.
+    An insert into ``events`` has a fixed cost (its materialized views, the new part and its later
+    merges), so on a single server or embedded the ``events`` batches of a flush (one per
+    partition) go in as one insert (``merge_events``, :func:`_combine_events`): 18 -> 11 us of
+    CPU per row in ``bench/sink``. The inserts of a flush (that one, and one per sessions, dead
+    letters or FX batch; on a cluster one per batch) run in parallel when ``clients`` is given;
+    the flush succeeds only if every insert did.
 
     Parameters:
         client: a sync client on the trackflow database (used from one thread).
@@ -454,6 +454,9 @@ class ClickHouseSink:
             on ``client``).
         insert_threads: inserts running at once (with ``clients``).
         check_rewrites: check batches written again (off for a cluster, see above).
+        merge_events: insert a flush's ``events`` batches as one (:func:`_combine_events`); off for
+            a cluster, where a replay grouped differently could miss rows a ``Distributed`` insert
+            has not made visible yet, so each batch keeps its own token there.
     """
 
     name = "clickhouse"
@@ -467,9 +470,11 @@ class ClickHouseSink:
         clients: ThreadClients | None = None,
         insert_threads: int = 4,
         check_rewrites: bool = True,
+        merge_events: bool = True,
     ) -> None:
         self.client = client
         self.check_rewrites = check_rewrites
+        self.merge_events = merge_events
         self.reinserted = 0  # rows found missing after a rewrite and inserted again
         self.group = group
         self._retention = retention_months
@@ -530,7 +535,9 @@ class ClickHouseSink:
                 kept = drop_stored_events_many(self.client, [prepared[i][2] for i in events])
             for i, data in zip(events, kept, strict=True):
                 prepared[i] = (prepared[i][0], prepared[i][1], data)
-        inserts = _combine_events([_Insert([b], table, data) for b, table, data in prepared])
+        inserts = [_Insert([b], table, data) for b, table, data in prepared]
+        if self.merge_events:
+            inserts = _combine_events(inserts)
         if self._pool is None or len(inserts) < 2:
             for ins in inserts:
                 self.inserts += self._insert(self.client, ins)

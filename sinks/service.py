@@ -65,7 +65,7 @@ def build_loop(settings: SinkSettings, ch: ClickHouseSettings, core: CoreSetting
     group = settings.group_id(kafka.topic_prefix)
     chsink = ClickHouseSink(
         connect(ch, core), group, months, clients=ThreadClients(ch, core), insert_threads=settings.sink_insert_threads,
-        check_rewrites=ch.clickhouse_cluster is None,
+        check_rewrites=ch.clickhouse_cluster is None, merge_events=ch.clickhouse_cluster is None,
     )
     rsink = RedisSink(redis_lib.Redis.from_url(rs.redis_url.get_secret_value()), rs.redis_key_prefix,
                       group, settings.online_window_s)
