@@ -19,6 +19,7 @@ local last = redis.call('HGET', KEYS[1], ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0
 end
+local CHUNK = 1000
 local new = {}
 local seq = 0
 local i = 4
@@ -29,11 +30,36 @@ while i <= total do
   local e = s + n - 1
   local touched = true
   if op == 'S' then
-    for j = s, e do
-      seq = seq + 1
-      local id = ARGV[j]
-      if id == '' or redis.call('SADD', key, id) == 1 then
-        new[seq] = true
+    -- in chunks of one SMISMEMBER and one SADD each (a call per id was most of the script's time,
+    -- and of the AOF); an id repeated within the batch is new only the first time, as with SADD
+    local first = {}
+    for c = s, e, CHUNK do
+      local last = math.min(c + CHUNK - 1, e)
+      local ids = {}
+      for j = c, last do
+        local id = ARGV[j]
+        if id ~= '' then
+          ids[#ids + 1] = id
+        end
+      end
+      local member = {}
+      if #ids > 0 then
+        member = redis.call('SMISMEMBER', key, unpack(ids))
+        redis.call('SADD', key, unpack(ids))
+      end
+      local k = 0
+      for j = c, last do
+        seq = seq + 1
+        local id = ARGV[j]
+        if id == '' then
+          new[seq] = true
+        else
+          k = k + 1
+          if member[k] == 0 and not first[id] then
+            first[id] = true
+            new[seq] = true
+          end
+        end
       end
     end
   elseif op == 'C' then
