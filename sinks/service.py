@@ -28,7 +28,7 @@ from sinks.migrate import migrate
 from sinks.settings import SinkSettings
 from trackflow.apps import open_registry
 from trackflow.config import ClickHouseSettings, CoreSettings, KafkaSettings, RedisSettings
-from trackflow.runtime import tune_gc
+from trackflow.runtime import arrow_pool, tune_gc
 
 log = logging.getLogger("trackflow.sink")
 
@@ -80,6 +80,7 @@ def serve(with_api: bool = True, port: int | None = None) -> None:
     settings = SinkSettings()
     ch = ClickHouseSettings()
     core = CoreSettings()
+    log.info("Arrow memory pool: %s", arrow_pool())
     applied = run_migrations(ch, core, settings)
     for m in applied:
         log.info("applied migration %03d_%s", m["version"], m["name"])

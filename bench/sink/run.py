@@ -85,10 +85,17 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def settle_merges(client, limit_s: float = 120.0) -> float:
-    """Wait until ClickHouse runs no background merge (at most ``limit_s``); returns the seconds waited."""
+def settle(client, r, limit_s: float = 120.0) -> float:
+    """Wait until ClickHouse runs no background merge and Redis no snapshot or AOF rewrite (a forked
+    child serialising the whole dataset: a core for seconds after the sink phase's writes), at most
+    ``limit_s``; returns the seconds waited."""
     t = time.monotonic()
-    while client.query("SELECT count() FROM system.merges").result_rows[0][0] and time.monotonic() - t < limit_s:
+    while time.monotonic() - t < limit_s:
+        persistence = r.info("persistence")
+        busy = (client.query("SELECT count() FROM system.merges").result_rows[0][0]
+                or persistence.get("aof_rewrite_in_progress") or persistence.get("rdb_bgsave_in_progress"))
+        if not busy:
+            break
         time.sleep(0.5)
     return time.monotonic() - t
 
@@ -106,8 +113,9 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
     from sinks.rows import EVENTS
     from sinks.service import build_loop
     from trackflow.config import RedisSettings
-    from trackflow.runtime import tune_gc
+    from trackflow.runtime import arrow_pool, tune_gc
 
+    print(f"Arrow memory pool: {arrow_pool()} (as `trackflow sink` sets it; the baselines use it too)")
     records = make_records(n, int(time.time() * 1000))
     t = time.monotonic()
     produce(kafka.kafka_bootstrap, topic, records)
@@ -148,9 +156,15 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
     #    and rollups), with the insert settings the sink uses (dedup token, optimize_on_insert);
     #    events_bare: `CREATE TABLE ... AS events` (no materialized views), default settings, no token
     #    (the baseline of the earlier reports).
-    # the sink's parts are still being merged in this process: the baseline starts once that is
-    # over (it varied from 217k to 450k rows/s with them running)
-    print(f"waited {settle_merges(client):.1f}s for the merges of the sink's parts before the baseline")
+    # the sink's parts are merged in the background of this process, a little later: merged now, so
+    # that the baseline does not share the cores with them (it varied from 143k to 450k rows/s)
+    for (name,) in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
+                                "AND engine LIKE '%MergeTree'").result_rows:
+        client.command(f"OPTIMIZE TABLE `{name}` FINAL")
+    rs = RedisSettings()
+    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+    print(f"waited {settle(client, r):.1f}s for the merges of the sink's parts (and Redis' AOF rewrite) "
+          "before the baseline")
     migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
     client.command("CREATE TABLE bench.events_bare AS bench.events")
     table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
@@ -174,9 +188,7 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
 
     # 4. Redis counters alone, once ClickHouse's background merges of phases 2-3 are done: they run
     #    in this process and took a core from it (85-105k events/s measured during them, ~190k after)
-    print(f"waited {settle_merges(client):.1f}s for ClickHouse's background merges to finish")
-    rs = RedisSettings()
-    r = redis.Redis.from_url(rs.redis_url.get_secret_value())
+    print(f"waited {settle(client, r):.1f}s for ClickHouse's background merges to finish")
     rsink = RedisSink(r, rs.redis_key_prefix + "solo:", "solo")
     decoded = ArrowDecoder("enriched_event", codec("enriched_event"))
     enc = codec("enriched_event")
