@@ -2,9 +2,10 @@
 -- KEYS[1]  hash of last applied offsets, field "topic/partition"
 -- ARGV[1]  field, ARGV[2] first offset of the batch, ARGV[3] last offset of the batch
 -- ARGV[4..] operations, each: op, key, ttl_s, n, arg_1 .. arg_n
---   S key id...           SADD each id into the set of applied ids; the ids of all S operations
---                         are numbered 1, 2, ... in order; an id whose SADD returns 1 (or an
---                         empty id: never deduplicated) is "new". S operations come first.
+--   S key id...           add the ids to the set of applied ids (SMISMEMBER, then SADD, per 1,000);
+--                         the ids of all S operations are numbered 1, 2, ... in order; an id not
+--                         in the set before, at its first occurrence in the batch (or an empty
+--                         id: never deduplicated), is "new". S operations come first.
 --   C key field idx...    HINCRBY key field by the number of new ids among idx
 --   J key idx amount...   INCRBY key by the sum of the amounts of the new ids among the pairs
 --   H key field incr      HINCRBY (unconditional)
