@@ -409,13 +409,15 @@ def _combine_events(inserts: list[_Insert]) -> list[_Insert]:
 
 
 @contextlib.contextmanager
-def _failure(b: Any, what: str) -> Iterator[None]:
-    """Any error inside becomes :class:`StorageUnavailable` naming the batch (the loop retries it)."""
+def _failure(b: Any, what: str, batches: int = 1) -> Iterator[None]:
+    """Any error inside becomes :class:`StorageUnavailable` naming the batch (the loop retries it);
+    for an insert of several batches, ``b`` is the first and the message says how many."""
     try:
         yield
     except Exception as exc:
+        of = f" ({batches} batches from {b.token} on)" if batches > 1 else ""
         raise StorageUnavailable(
-            f"ClickHouse {what} {b.kind} failed: {exc}", topic=b.topic, partition=b.partition,
+            f"ClickHouse {what} {b.kind}{of} failed: {exc}", topic=b.topic, partition=b.partition,
             first_offset=b.first_offset, last_offset=b.last_offset, code=getattr(exc, "code", None),
         ) from exc
 
@@ -558,7 +560,7 @@ class ClickHouseSink:
     def _insert(self, client: Client, ins: _Insert) -> int:
         """Run one insert with its token; returns 1 if rows were inserted."""
         b = ins.batches[0]
-        with _failure(b, "insert into"):
+        with _failure(b, "insert into", len(ins.batches)):
             data = ins.data
             if b.kind == "invalid" and data.num_rows:
                 data = drop_stored_dead_letters(client, ins.table, data)

@@ -98,6 +98,24 @@ def test_a_replay_grouped_differently_stores_nothing_twice(fresh_db: ClickHouseS
         sink.close()
 
 
+def test_a_failed_merged_insert_names_its_batches(fresh_db: ClickHouseSettings) -> None:
+    app = f"par-{uuid.uuid4().hex[:6]}"
+    db = fresh_db.clickhouse_database
+    sink = _sink(fresh_db)
+    try:
+        flush = _flush(app, int(time.time() * 1000))
+        sink.client.command(f"RENAME TABLE `{db}`.events TO `{db}`.events_away")
+        with pytest.raises(StorageUnavailable) as err:
+            sink.write(flush)
+        assert f"insert into events (4 batches from {app}.enriched/0/0-24 on) failed" in str(err.value)
+        sink.client.command(f"RENAME TABLE `{db}`.events_away TO `{db}`.events")
+        sink.write(flush)  # the retry: every row once
+        assert _count(sink.client, "events", app) == 100
+        assert _count(sink.client, "sessions", app) == 1
+    finally:
+        sink.close()
+
+
 def test_a_failed_parallel_insert_fails_the_flush_and_the_retry_stores_nothing_twice(
     fresh_db: ClickHouseSettings,
 ) -> None:
