@@ -14,7 +14,9 @@ class SinkSettings(BaseSettings):
     Parameters:
         sink_group_id: Kafka consumer group of the sink (default ``<topic prefix>sink``, so that
             installations sharing a broker under different prefixes never share a group).
-        sink_batch_rows: flush when this many rows are buffered (all partitions together).
+        sink_batch_rows: flush when this many rows are buffered (all partitions together); while the
+            previous flush is still being written, the next one takes everything buffered by then
+            (up to ``sink_max_buffer_rows``).
         sink_batch_age_s: flush when the oldest buffered row is this old (from its Kafka timestamp).
         sink_max_buffer_rows: above this, consumption pauses until a flush succeeds (bounded memory).
         sink_retry_max_s: longest back-off between retries while ClickHouse or Redis is down.
