@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis as redis_lib
 
 from sinks.base import Batch, Record
@@ -263,11 +264,11 @@ def _chunks(op: str, key: str, ttl: int, members: list[str]) -> list[Op]:
     return [(op, key, ttl, members[i : i + CHUNK]) for i in range(0, len(members), CHUNK)]
 
 
-def script_args(batch: Batch, ops: list[Op]) -> list[str]:
-    """ARGV of ``live.lua`` for a batch (pure)."""
-    args = [f"{batch.topic}/{batch.partition}", str(batch.first_offset), str(batch.last_offset)]
+def script_args(batch: Batch, ops: list[Op]) -> list[str | bytes]:
+    """ARGV of ``live.lua`` for a batch (pure): each operation's values as one JSON array."""
+    args: list[str | bytes] = [f"{batch.topic}/{batch.partition}", str(batch.first_offset), str(batch.last_offset)]
     for op, key, ttl, values in ops:
-        args.extend([op, key, str(ttl), str(len(values)), *values])
+        args.extend([op, key, str(ttl), orjson.dumps(values)])
     return args
 
 
