@@ -165,8 +165,6 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
     r = redis.Redis.from_url(rs.redis_url.get_secret_value())
     print(f"waited {settle(client, r):.1f}s for the merges of the sink's parts (and Redis' AOF rewrite) "
           "before the baseline")
-    migrate(client, database="bench_bare", dedup_window=settings.sink_dedup_window)
-    client.command("CREATE TABLE bench.events_bare AS bench.events")
     table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
 
     def bare(target: str, with_settings: bool) -> tuple[float, float]:
@@ -177,12 +175,24 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
             client.insert_arrow(target, part, settings=s)
         return n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
 
-    same_rate, same_cpu = bare("bench_bare.events", True)
-    legacy_rate, legacy_cpu = bare("bench.events_bare", False)
-    print(f"bare insert_arrow, same table (with its MVs) and insert settings as the sink (50k-row inserts): "
+    # the best of three, each into fresh tables: on this shared 2-core machine a single baseline
+    # read anywhere from 184k to 395k rows/s in back-to-back runs (its CPU per row from 3.0 to 8.1
+    # us); the best one is the fairest measure of the engine, and the hardest one to beat
+    same, legacy = [], []
+    for k in range(3):
+        migrate(client, database=f"bench_bare{k}", dedup_window=settings.sink_dedup_window)
+        client.command(f"CREATE TABLE bench.events_bare{k} AS bench.events")
+        same.append(bare(f"bench_bare{k}.events", True))
+        legacy.append(bare(f"bench.events_bare{k}", False))
+        settle(client, r)
+    same_rate, same_cpu = max(same)
+    legacy_rate, legacy_cpu = max(legacy)
+    print(f"  (bare runs, rows/s: same table {', '.join(f'{x:,.0f}' for x, _ in same)}; "
+          f"events_bare {', '.join(f'{x:,.0f}' for x, _ in legacy)})")
+    print(f"bare insert_arrow (best of 3), same table (with its MVs) and insert settings as the sink (50k-row inserts): "
           f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
           f"(CPU: {same_cpu / sink_cpu_us:.0%})")
-    print(f"bare insert_arrow, events_bare (no MVs, default settings, no token; earlier baseline): "
+    print(f"bare insert_arrow (best of 3), events_bare (no MVs, default settings, no token; earlier baseline): "
           f"{legacy_rate:,.0f} rows/s, CPU {legacy_cpu:.1f} us/row -> ratio sink / bare: "
           f"{sink_rate / legacy_rate:.0%} (CPU: {legacy_cpu / sink_cpu_us:.0%})")
 
