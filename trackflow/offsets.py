@@ -7,6 +7,10 @@ the pipeline worker sought, and committed, the low watermark). :func:`read_commi
 with a back-off and tells which partitions never got an answer; the sink
 (``SinkLoop._committed``), the worker (``pipeline.worker.committed_positions``) and the pipeline
 benchmark all use it.
+
+:func:`high_watermarks` reads partitions' high watermarks the same way: a partition whose leader is
+not settled yet (a topic just created, a broker restarted) answers ``NOT_LEADER_FOR_PARTITION``
+for a moment, which once failed a test's wait for output that was on its way.
 """
 
 from __future__ import annotations
@@ -56,3 +60,30 @@ def read_committed(
     if error is not None and not answered:
         raise error
     return out, todo
+
+
+#: reads of a partition's watermarks before giving up while its leader is not settled
+WATERMARK_ATTEMPTS = 8
+
+
+def high_watermarks(consumer: Any, topic: str, partitions: Iterable[int], attempts: int = WATERMARK_ATTEMPTS,
+                    timeout: float = 10.0) -> dict[int, int]:
+    """``{partition: high watermark}`` of ``topic``, read again (0.25, 0.5, 1, 2, 2 ... s apart) while
+    the broker answers that the partition has no leader yet; other errors, and the last one after
+    ``attempts`` reads, are raised."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.UNKNOWN_TOPIC_OR_PART}
+    out: dict[int, int] = {}
+    for p in partitions:
+        for attempt in range(attempts):
+            try:
+                out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() not in settling or attempt == attempts - 1:
+                    raise
+                log.info("watermarks of %s/%d: %s (attempt %d)", topic, p, exc, attempt + 1)
+                time.sleep(min(0.25 * 2**attempt, 2.0))
+    return out

@@ -43,6 +43,7 @@ import redis
 from trackflow import demo
 from trackflow import stack as local_stack
 from trackflow.config import KafkaSettings, StackSettings
+from trackflow.offsets import high_watermarks
 
 REPO = Path(__file__).resolve().parents[2]
 CHAOS_EVENTS = int(os.environ.get("TRACKFLOW_CHAOS_EVENTS", "20000"))
@@ -414,9 +415,9 @@ class Chaos:
                 parts = c.list_topics(topic, timeout=10).topics[topic].partitions
                 tps = [TopicPartition(topic, p) for p in parts]
                 total = 0
+                highs = high_watermarks(c, topic, parts)
                 for tp in c.committed(tps, timeout=10):
-                    _, high = c.get_watermark_offsets(tp, timeout=10)
-                    total += high - max(tp.offset, 0)
+                    total += highs[tp.partition] - max(tp.offset, 0)
                 out[topic.removeprefix(prefix)] = total
             finally:
                 c.close()

@@ -68,12 +68,14 @@ class Pipe:
         )
 
     def count(self, topic: str) -> int:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
+
+        from trackflow.offsets import high_watermarks
 
         c = Consumer(self.kafka.client_config() | {"group.id": "count"})
         try:
             parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-            return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+            return sum(high_watermarks(c, topic, parts).values())
         finally:
             c.close()
 

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from trackflow.config import KafkaSettings
+from trackflow.offsets import high_watermarks
 from trackflow.replay import ReplayError, replay, replay_cmd
 
 pytestmark = pytest.mark.integration
@@ -23,10 +24,7 @@ def _produce(bootstrap: str, topic: str, n: int, ts_of) -> None:
 
 def _commit_end(bootstrap: str, topic: str, group: str) -> None:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    tps = []
-    for p in range(4):
-        _, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        tps.append(TopicPartition(topic, p, high))
+    tps = [TopicPartition(topic, p, high) for p, high in high_watermarks(c, topic, range(4)).items()]
     c.commit(offsets=tps, asynchronous=False)
     c.close()
 
