@@ -347,3 +347,38 @@ def test_a_forced_flush_waits_for_the_write_in_flight_then_writes_the_rest():
     assert consumer.commits == [[("x.events.enriched", 0, 3)], [("x.events.enriched", 0, 4)]]
     assert loop._inflight is None and not loop.pending
     loop._writer.shutdown()
+
+
+class AssigningConsumer(FakeConsumer):
+    """Answers the committed offsets of an assignment: none committed yet."""
+
+    def committed(self, partitions: Any, timeout: float) -> list[Any]:
+        return [Answer(tp.topic, tp.partition, -1001) for tp in partitions]
+
+
+class IntentSink(GatedSink):
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.intents_read: list[dict[Any, int]] = []
+
+    def intents(self, committed: dict[Any, int]) -> dict[Any, list[tuple[int, int]]]:
+        assert self.gate.is_set()  # never while the write is in flight
+        self.intents_read.append(committed)
+        return {}
+
+
+def test_an_assignment_waits_for_the_write_in_flight_and_keeps_a_failed_one_for_a_retry():
+    # the assignment reads the intents through the write's client: the write ends first
+    sink = IntentSink(failures=1)
+    loop, _ = _overlapping(sink)
+    consumer = AssigningConsumer()
+    loop._consumer = consumer  # type: ignore[assignment]
+    _add(loop, range(3))
+    loop._flush()
+    threading.Timer(0.05, sink.gate.set).start()
+    loop._on_assign(consumer, [Answer("x.events.enriched", 1, -1001)])  # type: ignore[list-item]
+    assert sink.intents_read == [{("x.events.enriched", 1): 0}]
+    assert loop._inflight is None and not consumer.commits
+    assert consumer.paused and len(loop.pending) == 1 and loop.pending[0].meta[AGAIN]
+    assert loop.stats["write_failures"] == 1
+    loop._writer.shutdown()

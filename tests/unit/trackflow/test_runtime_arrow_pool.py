@@ -15,10 +15,10 @@ PROBE = (
 )
 
 
-def _probe(**env: str) -> list[str]:
+def _probe(prelude: str = "", **env: str) -> list[str]:
     clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=clean | env, capture_output=True,
-                         text=True, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", prelude + PROBE], cwd=REPO, env=clean | env,
+                         capture_output=True, text=True, check=True, timeout=60)
     return out.stdout.split()
 
 
@@ -28,3 +28,13 @@ def test_arrow_allocations_go_to_jemalloc_by_default() -> None:
 
 def test_a_pool_the_operator_chose_is_kept() -> None:
     assert _probe(ARROW_DEFAULT_MEMORY_POOL="system") == ["system", "system"]
+
+
+def test_a_pyarrow_built_without_jemalloc_keeps_its_default() -> None:
+    prelude = (
+        "import pyarrow as pa\n"
+        "def missing(): raise NotImplementedError('built without jemalloc')\n"
+        "pa.jemalloc_memory_pool = missing\n"
+    )
+    used, backend = _probe(prelude)
+    assert used == backend and used != "jemalloc"
