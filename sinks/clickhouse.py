@@ -568,8 +568,8 @@ class ClickHouseSink:
                 return 0
             client.insert_arrow(ins.table, data, settings=insert_settings(b.kind, data, ins.token))
             if self.check_rewrites and ins.table in _IDENTITY:
-                parts = ins.parts if len(ins.batches) > 1 else [data]
-                for member, rows in zip(ins.batches, parts, strict=True):
+                # one batch: its rows as inserted (the dead-letter lookup may have dropped some)
+                for member, rows in zip(ins.batches, ins.parts or [data], strict=True):
                     if member.meta.get(AGAIN) and rows.num_rows:
                         self._restore(client, member, ins.table, rows)
         return 1

@@ -93,8 +93,7 @@ class SinkLoop:
         self.on_flush: Callable[[list[Batch]], None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-redis")
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sink-decode")
-        #: write a flush on the writer thread while the loop consumes the next one (see :meth:`_flush`)
-        self.overlap = True
+        #: writes a flush while the loop consumes the next one (see :meth:`_flush`)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-write")
         self._inflight: Future[None] | None = None
 
@@ -263,7 +262,7 @@ class SinkLoop:
         """Write and commit what is due; raises :class:`SinkError` when a write failed (kept for a retry).
 
         The writes of a flush run on the writer thread while this thread goes on consuming and
-        decoding (:attr:`overlap`): the next flush starts once the previous one is committed, so
+        decoding: the next flush starts once the previous one is committed, so
         writes and commits stay in order. ``force`` (a revoke, the end) waits for everything.
         """
         if self._inflight is not None:
@@ -285,7 +284,7 @@ class SinkLoop:
             if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
                 self._resume()
             return
-        if self.overlap and not force and not self._hooks():
+        if not force and not self._hooks():
             self._inflight = self._writer.submit(self._write, self.pending)
             return
         try:

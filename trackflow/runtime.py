@@ -33,8 +33,8 @@ def arrow_pool() -> str:
     pyarrow's default pool on Linux is mimalloc, which gives freed memory back to the kernel
     within milliseconds: every flush of the sink (Arrow tables of 100k rows built, converted,
     concatenated and serialised) then faulted its pages in again, and zeroing them was ~14 % of
-    the machine's CPU under ``bench/sink``. jemalloc keeps them for reuse (for about a second):
-    107k -> 115k rows/s (1M events) and 8.9 instead of 11 us CPU per row (300k). An explicit
+    the machine's CPU under ``bench/sink``. With jemalloc: 107k -> 115k rows/s (1M events) and
+    8.9 instead of 11 us CPU per row (300k). An explicit
     ``ARROW_DEFAULT_MEMORY_POOL`` is left as it is, as are builds without jemalloc.
     """
     import pyarrow as pa

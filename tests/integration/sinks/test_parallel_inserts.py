@@ -68,62 +68,60 @@ def _sink(ch: ClickHouseSettings) -> ClickHouseSink:
     return ClickHouseSink(connect(ch), group="test-parallel", clients=ThreadClients(ch), insert_threads=4)
 
 
-def test_a_flush_inserted_in_parallel_stores_every_row_once_also_when_retried(fresh_db: ClickHouseSettings) -> None:
+@contextlib.contextmanager
+def _new_flush(sink: ClickHouseSink) -> Iterator[tuple[str, list[Batch]]]:
+    """A flush of a new app, not written yet; yields ``(app, flush)`` and closes ``sink``."""
     app = f"par-{uuid.uuid4().hex[:6]}"
-    sink = _sink(fresh_db)
     try:
-        flush = _flush(app, int(time.time() * 1000))
+        yield app, _flush(app, int(time.time() * 1000))
+    finally:
+        sink.close()
+
+
+def _assert_every_row_once(client: Any, app: str) -> None:
+    assert _count(client, "events", app) == 100
+    assert _count(client, "sessions", app) == 1
+
+
+def test_a_flush_inserted_in_parallel_stores_every_row_once_also_when_retried(fresh_db: ClickHouseSettings) -> None:
+    sink = _sink(fresh_db)
+    with _new_flush(sink) as (app, flush):
         sink.write(flush)
         assert sink.inserts == 2  # the four events batches in one insert, the sessions batch
         sink.write(flush)  # a retry of the same flush: the same tokens
-        assert _count(sink.client, "events", app) == 100
-        assert _count(sink.client, "sessions", app) == 1
-    finally:
-        sink.close()
+        _assert_every_row_once(sink.client, app)
 
 
 def test_a_replay_grouped_differently_stores_nothing_twice(fresh_db: ClickHouseSettings) -> None:
     # after a restart the recorded ranges come back, but not necessarily in the same flushes: the
     # merged insert's token differs, and the message-id lookup drops what is stored
-    app = f"par-{uuid.uuid4().hex[:6]}"
     sink = _sink(fresh_db)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
+    with _new_flush(sink) as (app, flush):
         sink.write(flush)
         sink.write([flush[1], flush[2]])
         sink.write([flush[3], flush[0], flush[4]])
-        assert _count(sink.client, "events", app) == 100
-        assert _count(sink.client, "sessions", app) == 1
-    finally:
-        sink.close()
+        _assert_every_row_once(sink.client, app)
 
 
 def test_a_failed_merged_insert_names_its_batches(fresh_db: ClickHouseSettings) -> None:
-    app = f"par-{uuid.uuid4().hex[:6]}"
     db = fresh_db.clickhouse_database
     sink = _sink(fresh_db)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
+    with _new_flush(sink) as (app, flush):
         sink.client.command(f"RENAME TABLE `{db}`.events TO `{db}`.events_away")
         with pytest.raises(StorageUnavailable) as err:
             sink.write(flush)
         assert f"insert into events (4 batches from {app}.enriched/0/0-24 on) failed" in str(err.value)
         sink.client.command(f"RENAME TABLE `{db}`.events_away TO `{db}`.events")
         sink.write(flush)  # the retry: every row once
-        assert _count(sink.client, "events", app) == 100
-        assert _count(sink.client, "sessions", app) == 1
-    finally:
-        sink.close()
+        _assert_every_row_once(sink.client, app)
 
 
 def test_a_failed_parallel_insert_fails_the_flush_and_the_retry_stores_nothing_twice(
     fresh_db: ClickHouseSettings,
 ) -> None:
-    app = f"par-{uuid.uuid4().hex[:6]}"
     db = fresh_db.clickhouse_database
     sink = _sink(fresh_db)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
+    with _new_flush(sink) as (app, flush):
         sink.client.command(f"RENAME TABLE `{db}`.sessions TO `{db}`.sessions_away")
         with pytest.raises(StorageUnavailable) as err:
             sink.write(flush)
@@ -133,10 +131,7 @@ def test_a_failed_parallel_insert_fails_the_flush_and_the_retry_stores_nothing_t
         assert _count(sink.client, "events", app) == 100
         sink.client.command(f"RENAME TABLE `{db}`.sessions_away TO `{db}`.sessions")
         sink.write(flush)
-        assert _count(sink.client, "events", app) == 100
-        assert _count(sink.client, "sessions", app) == 1
-    finally:
-        sink.close()
+        _assert_every_row_once(sink.client, app)
 
 
 def _lose_rows(client: Any, app: str, partition: int) -> None:
@@ -152,14 +147,10 @@ def _lose_rows(client: Any, app: str, partition: int) -> None:
 def _lost_flush(sink: ClickHouseSink) -> Iterator[tuple[str, list[Batch]]]:
     """A flush written by ``sink``, then partition 1's events and the session lost (token kept);
     yields ``(app, flush)`` and closes the sink."""
-    app = f"par-{uuid.uuid4().hex[:6]}"
-    try:
-        flush = _flush(app, int(time.time() * 1000))
+    with _new_flush(sink) as (app, flush):
         sink.write(flush)
         _lose_rows(sink.client, app, 1)
         yield app, flush
-    finally:
-        sink.close()
 
 
 def _again(flush: list[Batch]) -> list[Batch]:
@@ -182,8 +173,7 @@ def test_a_rewritten_batch_gets_back_the_rows_its_token_dropped_once(fresh_db: C
     with _lost_flush(sink) as (app, flush):
         sink.write(_again(flush))
         assert sink.reinserted == 26  # 25 events of partition 1 and the session
-        assert _count(sink.client, "events", app) == 100
-        assert _count(sink.client, "sessions", app) == 1
+        _assert_every_row_once(sink.client, app)
         distinct = sink.client.query(
             "SELECT uniqExact(message_id) FROM events WHERE app_id = {a:String}", parameters={"a": app}
         ).result_rows[0][0]
@@ -206,14 +196,10 @@ def test_a_cluster_sink_does_not_check_rewrites(fresh_db: ClickHouseSettings) ->
 def test_a_cluster_sink_inserts_each_batch_with_its_own_token(fresh_db: ClickHouseSettings) -> None:
     # on a cluster a replay grouped differently could miss rows a Distributed insert has not made
     # visible yet: each batch keeps its own insert and token there
-    app = f"par-{uuid.uuid4().hex[:6]}"
     sink = ClickHouseSink(connect(fresh_db), group="test-parallel", clients=ThreadClients(fresh_db),
                           insert_threads=4, check_rewrites=False, merge_events=False)
-    try:
-        flush = _flush(app, int(time.time() * 1000))
+    with _new_flush(sink) as (app, flush):
         sink.write(flush)
         assert sink.inserts == 5
         sink.write(flush)
         assert _count(sink.client, "events", app) == 100
-    finally:
-        sink.close()
