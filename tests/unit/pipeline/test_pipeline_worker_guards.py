@@ -109,10 +109,11 @@ def test_a_commit_never_passes_the_last_record_processed_in_order() -> None:
     c.ack(tp, *range(151, 161), *range(100, 151))
     assert c._new_offset(tp) == 151
     assert c._acked[tp] == list(range(151, 161))  # kept for when they are processed
+    c._committed_offset[tp] = 151  # Faust committed it
     assert c._new_offset(tp) is None  # nothing past the frontier
     frontier[tp] = 155  # processed now (re-read in order)
-    c._committed_offset[tp] = 151
     assert c._new_offset(tp) == 156 and c._acked[tp] == list(range(156, 161))
+    assert c._acked_index[tp] == set(range(156, 161))
     frontier[tp] = -2  # unknown (a database closing): hold the commit
     c._committed_offset[tp] = 156
     assert c._new_offset(tp) is None and c._acked[tp] == list(range(156, 161))
@@ -120,6 +121,24 @@ def test_a_commit_never_passes_the_last_record_processed_in_order() -> None:
     c._committed_offset[other] = 0
     c.ack(other, 0, 1, 2)
     assert c._new_offset(other) == 3
+
+
+def test_a_record_processed_in_order_but_never_acknowledged_does_not_hold_the_commit() -> None:
+    # seen after a rebalance: the agent processed 3124 and everything after it in order, but Faust
+    # had no acknowledgement for 3124, and the commit waited there until the stall watchdog
+    c, tp = FakeConsumer(), TP(RAW, 3)
+    frontier = {tp: 3200}
+    _guard_offsets(c, RAW, processed=lambda t: frontier[t] + 1 if t in frontier else None)
+    c._committed_offset[tp] = 3124
+    c.ack(tp, *range(3125, 3205))  # 3201..3204: skipped past a hole, not processed yet
+    assert c._new_offset(tp) == 3201
+    assert c._acked[tp] == list(range(3201, 3205)) and c._acked_index[tp] == set(range(3201, 3205))
+    other = TP(RAW, 0)  # nothing acknowledged at all: the frontier still decides
+    frontier[other] = 9
+    c._committed_offset[other] = None
+    assert c._new_offset(other) == 10
+    frontier[other] = -1  # nothing processed yet
+    assert c._new_offset(other) is None
 
 
 def test_re_acknowledged_offsets_below_the_commit_are_dropped() -> None:
