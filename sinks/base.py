@@ -19,6 +19,10 @@ TopicPartition = tuple[str, int]
 #: owner was writing when it stopped, or a retry after a failed write), so a sink checks what its
 #: idempotence kept out (see :class:`sinks.clickhouse.ClickHouseSink`)
 AGAIN = "again"
+#: ``Batch.meta`` key of an ``events`` batch: a boolean Arrow array, the rows the live counters
+#: count (set by the ClickHouse sink's replay lookup; absent: every row), see
+#: :func:`sinks.clickhouse.lookup_stored_events`
+LIVE = "live"
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class Batch:
             ``records`` holds only the fields the live counters need.
         span: the ``(first, last)`` offsets the batch was cut at, when some records of the range
             were dropped (undecodable); default: the first and last of ``offsets``.
-        meta: flags about the batch (:data:`AGAIN`).
+        meta: flags about the batch (:data:`AGAIN`, :data:`LIVE`).
     """
 
     topic: str

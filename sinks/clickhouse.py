@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from sinks.base import AGAIN
+from sinks.base import AGAIN, LIVE
 from sinks.exceptions import EmbeddedLocked, StorageUnavailable
 from trackflow.config import ClickHouseSettings, CoreSettings
 
@@ -208,53 +208,94 @@ def drop_stored_events(client: Client, data: Any, ids_table: str = "event_ids") 
     ``event_ids`` (migration 002: the ids stored in the last 2 days, sorted by app and id, filled
     by a materialized view of ``events``), so its cost follows the batch's size, not the day's.
     """
-    return drop_stored_events_many(client, [data], ids_table)[0]
+    return lookup_stored_events(client, [data], ids_table)[0][0]
 
 
-def drop_stored_events_many(client: Client, tables: list[Any], ids_table: str = "event_ids") -> list[Any]:
-    """:func:`drop_stored_events` of the event batches of one flush, with one lookup for all of them.
+def lookup_stored_events(
+    client: Client, tables: list[Any], ids_table: str = "event_ids"
+) -> tuple[list[Any], list[Any | None]]:
+    """The event batches of one flush checked against what is stored, with one lookup for all.
 
-    Each table is filtered as if the ones before it had been inserted already: a row whose
-    ``(app_id, message_id)`` is in an earlier table is dropped too.
+    Returns ``(kept, live)``:
+
+    - ``kept[i]``: ``tables[i]`` without the rows to insert no more: an ``(app_id, message_id)``
+      already stored, or met before in this flush (in an earlier row, or in an earlier table: the
+      tables are filtered as if the ones before them had been inserted already). Rows with an
+      empty ``message_id`` are always kept.
+    - ``live[i]``: which rows of ``tables[i]`` the live counters count (a boolean array), or
+      ``None`` when all of them. That is every kept row, plus a row whose id is stored *at its
+      own position* (``_topic``, ``_partition``, ``_offset``, kept by ``event_ids`` since migration
+      003): the same Kafka record, inserted by an earlier attempt of this batch, whose Redis step
+      may not have happened (a crash in between). A row stored at another position is a re-emit,
+      counted when its original was. Redis' own per-batch offset guard then keeps any row from
+      being counted twice; this replaces the per-day sets of applied ids Redis used to keep.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    out = []
-    for table in tables:
-        kept = table
-        if not _distinct(pc.fill_null(table.column("message_id"), "")):
-            # a repeated id (or several empty ones): keep the first of each
-            keep = _first_of_each(_event_keys(table))
-            if len(keep) != table.num_rows:
-                kept = table.take(pa.array(keep, pa.int64()))
-        out.append(kept)
-    mids = [pc.fill_null(pc.cast(d.column("message_id"), pa.string()), "").combine_chunks() for d in out]
+    mids = [pc.fill_null(pc.cast(t.column("message_id"), pa.string()), "").combine_chunks() for t in tables]
     has = [pc.not_equal(m, "") for m in mids]
-    app_ids = [pc.cast(d.column("app_id"), pa.string()).combine_chunks() for d in out]
+    app_ids = [pc.cast(t.column("app_id"), pa.string()).combine_chunks() for t in tables]
     keys = [_app_id_keys(a, m) for a, m in zip(app_ids, mids, strict=True)]
+    firsts: list[Any] = []
+    for t, m, k in zip(tables, mids, keys, strict=True):
+        if _distinct(m):
+            firsts.append(None)  # no repeat, no empty id: every row is the first of its key
+        else:
+            first = [False] * t.num_rows
+            for i in _first_of_each([x if y else None for x, y in zip(k.to_pylist(), m.to_pylist(), strict=True)]):
+                first[i] = True
+            firsts.append(pa.array(first, pa.bool_()))
     everything = _strings([k.filter(h) for k, h in zip(keys, has, strict=True)])
+    unchanged: tuple[list[Any], list[Any | None]] = (list(tables), [None] * len(tables))
     if not len(everything):
-        return out
+        return unchanged
     ids = pc.unique(_strings([m.filter(h) for m, h in zip(mids, has, strict=True)]))
     ids = ids.take(pc.array_sort_indices(ids))
     apps = pc.unique(_strings([a.filter(h) for a, h in zip(app_ids, has, strict=True)]))
     rows = client.query(
-        f"SELECT DISTINCT app_id, message_id FROM {ids_table} "
+        f"SELECT DISTINCT app_id, message_id, _topic, _partition, _offset FROM {ids_table} "
         "WHERE app_id IN %(apps)s AND message_id IN " + _ids_subquery(ids.to_pylist()),
         parameters={"apps": tuple(sorted(apps.to_pylist()))},
         settings=_LOOKUP_SETTINGS,
     ).result_rows
     if not rows and pc.count_distinct(everything).as_py() == len(everything):
-        return out  # nothing stored, no id in two batches: the common case, no row-level work
-    earlier = _app_id_keys(pa.array([str(a) for a, _ in rows], pa.string()),
-                           pa.array([str(m) for _, m in rows], pa.string()))
-    result = []
-    for d, key, h in zip(out, keys, has, strict=True):
+        return unchanged  # nothing stored, no id twice in the flush: the common case, no row-level work
+    earlier = _app_id_keys(pa.array([str(r[0]) for r in rows], pa.string()),
+                           pa.array([str(r[1]) for r in rows], pa.string()))
+    at = _positions(earlier, pa.array([f"{r[2]}/{r[3]}/{r[4]}" for r in rows], pa.string()))
+    kept: list[Any] = []
+    live: list[Any | None] = []
+    for t, key, h, first in zip(tables, keys, has, firsts, strict=True):
         drop = pc.and_(h, pc.is_in(key, value_set=earlier))
-        result.append(d.filter(pc.invert(drop)))
+        if first is not None:
+            drop = pc.or_(drop, pc.and_(h, pc.invert(first)))
+        keep = pc.invert(drop)
+        if pc.all(keep).as_py():
+            kept.append(t)
+            live.append(None)
+        else:
+            kept.append(t.filter(keep))
+            own = pc.is_in(_positions(key, _row_positions(t)), value_set=at) if rows else None
+            live.append(keep if own is None else pc.or_(keep, pc.and_(h, own)))
         earlier = pa.concat_arrays([earlier, key.filter(h)])
-    return result
+    return kept, live
+
+
+def _row_positions(table: Any) -> Any:
+    """``topic/partition/offset`` of each row of a converted ``events`` table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = [pc.cast(table.column(c), pa.string()) for c in ("_topic", "_partition", "_offset")]
+    return pc.binary_join_element_wise(*parts, "/").combine_chunks()
+
+
+def _positions(keys: Any, positions: Any) -> Any:
+    """One text per row: its ``_app_id_keys`` key and its position (``topic/partition/offset``)."""
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(keys, positions, "\x00")
 
 
 def _strings(parts: list[Any]) -> Any:
@@ -277,13 +318,6 @@ def _app_id_keys(app_id: Any, mid: Any) -> Any:
 
     app = pc.cast(app_id, pa.string())
     return pc.binary_join_element_wise(pc.cast(pc.utf8_length(app), pa.string()), app, mid, ":")
-
-
-def _event_keys(data: Any) -> list[tuple[str, str] | None]:
-    """``(app_id, message_id)`` per row, ``None`` for an empty message id."""
-    apps = data.column("app_id").to_pylist()
-    mids = data.column("message_id").to_pylist()
-    return [(a, m) if m else None for a, m in zip(apps, mids, strict=True)]
 
 
 def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
@@ -387,7 +421,7 @@ def _combine_events(inserts: list[_Insert]) -> list[_Insert]:
     row where four of 12,500 took 5.8 (``bench/sink``). The merged insert's token joins the
     batches' tokens in (topic, partition, offset) order; a retry of the same flush carries it
     again. A replay after a restart whose batches come together differently carries another
-    token, and the message-id lookup (:func:`drop_stored_events_many`) then drops what is stored.
+    token, and the message-id lookup (:func:`lookup_stored_events`) then drops what is stored.
     """
     events = sorted(
         (i for i in inserts if i.batches[0].kind == "events"),
@@ -493,7 +527,12 @@ class ClickHouseSink:
             return 24
         return int(self._retention(app_id))
 
-    def write(self, batches: Any) -> None:
+    def write(self, batches: Any, on_lookup: Callable[[], None] | None = None) -> None:
+        """Insert the batches (see the class). Each ``events`` batch gets :data:`sinks.base.LIVE`
+        in its ``meta``: the rows the live counters count (:func:`lookup_stored_events`), absent
+        when all. ``on_lookup()`` is called once that is known, before the inserts (the loop
+        starts the Redis write there, alongside them); not at all when no batch has rows.
+        """
         from sinks.rows import EVENTS, INVALID, SESSIONS, fx_to_arrow
 
         batches = [b for b in batches if len(b)]
@@ -534,9 +573,16 @@ class ClickHouseSink:
         events = [i for i, (b, _, data) in enumerate(prepared) if b.kind == "events" and data.num_rows]
         if events:
             with _failure(prepared[events[0]][0], "replay lookup for"):
-                kept = drop_stored_events_many(self.client, [prepared[i][2] for i in events])
-            for i, data in zip(events, kept, strict=True):
-                prepared[i] = (prepared[i][0], prepared[i][1], data)
+                kept, live = lookup_stored_events(self.client, [prepared[i][2] for i in events])
+            for i, data, counted in zip(events, kept, live, strict=True):
+                b = prepared[i][0]
+                if counted is None:
+                    b.meta.pop(LIVE, None)
+                else:
+                    b.meta[LIVE] = counted
+                prepared[i] = (b, prepared[i][1], data)
+        if on_lookup is not None:
+            on_lookup()
         inserts = [_Insert([b], table, data) for b, table, data in prepared]
         if self.merge_events:
             inserts = _combine_events(inserts)

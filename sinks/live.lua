@@ -9,15 +9,15 @@
 --                         in the set before, at its first occurrence in the batch (or an empty
 --                         id: never deduplicated), is "new". S operations come first.
 --   C key field idx...    HINCRBY key field by the number of new ids among idx
---   J key idx amount...   INCRBY key by the sum of the amounts of the new ids among the pairs
 --   H key field incr      HINCRBY (unconditional)
 --   I key incr            INCRBY (unconditional)
 --   P key member...       PFADD (idempotent)
 --   Z key score member... ZADD GT (keeps the latest time seen; idempotent)
 --   R key max_score       ZREMRANGEBYSCORE -inf max_score
 -- A batch whose first offset is not beyond the recorded one was applied already: nothing changes.
--- An event already applied by an earlier batch (same id, e.g. re-emitted by a restarted worker at
--- new offsets) changes no counter.
+-- S and C serve the dead letters: one already applied by an earlier batch (same identity, e.g.
+-- re-emitted by a restarted worker at new offsets) changes no counter. Events come with plain
+-- counts (H, I): the sink has left their re-emits out before planning.
 local last = redis.call('HGET', KEYS[1], ARGV[1])
 if last and tonumber(last) >= tonumber(ARGV[2]) then
   return 0
@@ -74,19 +74,6 @@ while i <= total do
     end
     if c > 0 then
       redis.call('HINCRBY', key, v[1], c)
-    else
-      touched = false
-    end
-  elseif op == 'J' then
-    local c, sum = 0, 0
-    for j = 1, e, 2 do
-      if new[tonumber(v[j])] then
-        c = c + 1
-        sum = sum + tonumber(v[j + 1])
-      end
-    end
-    if c > 0 then
-      redis.call('INCRBY', key, string.format('%d', sum))
     else
       touched = false
     end

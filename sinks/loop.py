@@ -337,13 +337,18 @@ class SinkLoop:
 
     def _write(self, batches: list[Batch]) -> None:
         if len(self.sinks) == 2 and not self._hooks():
-            # ClickHouse and Redis in parallel (chdb and the socket release the GIL); both must
-            # succeed before the commit, and a retry is harmless for the one that did
-            fut = self._pool.submit(self.sinks[1].write, batches)
+            # Redis alongside ClickHouse's inserts (chdb and the socket release the GIL), once the
+            # replay lookup has said which events to count; both must succeed before the commit,
+            # and a retry is harmless for the one that did
+            started: list[Future[None]] = []
             try:
-                self.sinks[0].write(batches)
+                self.clickhouse.write(batches, on_lookup=lambda: started.append(
+                    self._pool.submit(self.sinks[1].write, batches)))
             finally:
-                fut.result()
+                for fut in started:
+                    fut.result()
+            if not started:  # no rows for ClickHouse (nothing looked up)
+                self.sinks[1].write(batches)
             return
         for i, sink in enumerate(self.sinks):
             sink.write(batches)

@@ -9,16 +9,16 @@ Keys (``P`` = ``RedisSettings.redis_key_prefix``, ``A`` = app id, minutes and da
     P live:A:revenue_usd:<YYYYMMDD>     int   in-range revenue that day, micro-USD     TTL 3 d
     P live:A:errors:<minute epoch s>    hash  error level -> error events              TTL 2 h
     P live:A:invalid:<minute epoch s>   hash  dead-letter reason -> count              TTL 2 h
-    P live:A:seen:<YYYYMMDD>            set   message ids of the events applied        TTL 6 h
     P live:A:seen-invalid:<YYYYMMDD>    set   identities of the dead letters applied   TTL 6 h
     P sink:offsets:<group>              hash  "topic/partition" -> last applied offset
 
 Buckets follow the event's time. :func:`plan` aggregates a batch into few operations (one HINCRBY
 per minute and name, one PFADD per day, ...); ``live.lua`` applies them and records the batch's
-last offset in the same atomic step, so a replayed batch changes nothing; and it counts an event
-only if its id was new to the day's ``seen`` set, so an event re-emitted at new offsets (a restarted
-pipeline worker) changes nothing either. :func:`live_tiles` reads
-the dashboard's live tiles.
+last offset in the same atomic step, so a replayed batch changes nothing. An event re-emitted at new
+offsets (a restarted pipeline worker) is left out before planning: the ClickHouse sink's replay
+lookup marks the rows to count (:data:`sinks.base.LIVE`). A dead letter is counted only if its
+identity was new to the day's ``seen-invalid`` set. :func:`live_tiles` reads the dashboard's live
+tiles.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from typing import Any
 import orjson
 import redis as redis_lib
 
-from sinks.base import Batch, Record
+from sinks.base import LIVE, Batch, Record
 from sinks.exceptions import StorageUnavailable
 
 MINUTE_TTL_S = 2 * 3600
 DAY_TTL_S = 3 * 86400
-#: the per-app, per-day sets of applied event ids outlive the longest counter TTL by 6 h
-#: replays after a worker crash arrive within minutes of the original; 6 h after a set's last write
-#: is ample and keeps about one day of ids resident (see docs/storage.md)
+#: the per-app, per-day sets of applied dead-letter identities: replays after a worker crash arrive
+#: within minutes of the original; 6 h after a set's last write is ample (see docs/storage.md)
 SEEN_TTL_S = 6 * 3600
 CHUNK = 1000
 Op = tuple[str, str, int, list[str]]
@@ -68,40 +67,28 @@ def offsets_key(prefix: str, group: str) -> str:
 def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int = 300) -> list[Op]:
     """The counter updates of a batch, aggregated (pure).
 
-    The first operations (``S``) list the batch's ids per app and UTC day (the ``seen`` sets);
-    ``live.lua`` numbers them 1, 2, ... in that order and the counting operations (``C``, ``J``)
-    refer to their events by that number, so an event already applied is not counted again.
+    Events: every record given is counted (the ClickHouse sink's replay lookup has left out the
+    re-emitted ones, see :data:`sinks.base.LIVE`), so the counts go in as plain increments.
+    Dead letters: the first operations (``S``) list their identities per app and day (the
+    ``seen-invalid`` sets); ``live.lua`` numbers them 1, 2, ... and the ``C`` operations refer to
+    them by that number, so a dead letter already applied is not counted again.
     """
     if kind == "invalid":
         return _plan_invalid(records, prefix)
     if kind != "events":
         return []
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        groups[(r["app_id"], _day(int(r["event_time"])))].append(i)
-    idx = [0] * len(records)
-    ops: list[Op] = []
-    n = 0
-    for (app, day), rows in sorted(groups.items()):
-        ids = []
-        for i in rows:
-            n += 1
-            idx[i] = n
-            ids.append(str(records[i].get("message_id") or ""))
-        ops.append(("S", live_key(prefix, app, "seen", day), SEEN_TTL_S, ids))
-    epm: dict[tuple[str, int, str], list[str]] = defaultdict(list)
+    epm: dict[tuple[str, int, str], int] = defaultdict(int)
     users: dict[tuple[str, str], set[str]] = defaultdict(set)
     devices: dict[tuple[str, str], set[str]] = defaultdict(set)
     online: dict[str, dict[str, int]] = defaultdict(dict)
-    revenue: dict[tuple[str, str], list[str]] = defaultdict(list)
-    errors: dict[tuple[str, int, str], list[str]] = defaultdict(list)
-    for i, r in enumerate(records):
+    revenue: dict[tuple[str, str], int] = defaultdict(int)
+    errors: dict[tuple[str, int, str], int] = defaultdict(int)
+    for r in records:
         app = r["app_id"]
         ts = int(r["event_time"])
         minute = ts // 60_000 * 60
         day = _day(ts)
-        k = str(idx[i])
-        epm[(app, minute, r.get("event") or r.get("type") or "")].append(k)
+        epm[(app, minute, r.get("event") or r.get("type") or "")] += 1
         users[(app, day)].add(r["user_key"])
         devices[(app, day)].add(r.get("device_id") or r["user_key"])
         seen = online[app]
@@ -109,32 +96,51 @@ def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int
             seen[r["user_key"]] = ts
         usd = r.get("revenue_usd")
         if usd is not None and r.get("revenue_in_range", True):
-            revenue[(app, day)].extend([k, str(round(float(usd) * 1_000_000))])
+            revenue[(app, day)] += round(float(usd) * 1_000_000)
         level = r.get("error_level")
         if level:
-            errors[(app, minute, level)].append(k)
-    for (app, minute, name), refs in sorted(epm.items()):
-        ops.append(("C", live_key(prefix, app, "epm", minute), MINUTE_TTL_S, [name, *refs]))
-    for (app, day), members in sorted(users.items()):
-        ops.extend(_chunks("P", live_key(prefix, app, "dau", "users", day), DAY_TTL_S, sorted(members)))
-    for (app, day), members in sorted(devices.items()):
-        ops.extend(_chunks("P", live_key(prefix, app, "dau", "devices", day), DAY_TTL_S, sorted(members)))
+            errors[(app, minute, level)] += 1
+    return _event_ops(
+        prefix, online_window_s, epm, users, devices,
+        {app: sorted(seen.items()) for app, seen in online.items()}, revenue, errors,
+    )
+
+
+def _event_ops(
+    prefix: str,
+    online_window_s: int,
+    epm: dict[tuple[str, int, str], int],
+    users: dict[tuple[str, str], set[str]] | dict[tuple[str, str], list[str]],
+    devices: dict[tuple[str, str], set[str]] | dict[tuple[str, str], list[str]],
+    online: dict[str, list[tuple[str, int]]],
+    revenue: dict[tuple[str, str], int],
+    errors: dict[tuple[str, int, str], int],
+) -> list[Op]:
+    """The operations of :func:`plan` from its aggregates, in a fixed order (shared by
+    :func:`plan_table`)."""
+    ops: list[Op] = []
+    for (app, minute, name), n in sorted(epm.items()):
+        ops.append(("H", live_key(prefix, app, "epm", minute), MINUTE_TTL_S, [name, str(n)]))
+    for kind, groups in (("users", users), ("devices", devices)):
+        for (app, day), members in sorted(groups.items()):
+            ops.extend(_chunks("P", live_key(prefix, app, "dau", kind, day), DAY_TTL_S, sorted(members)))
     for app, seen in sorted(online.items()):
         key = live_key(prefix, app, "online")
-        pairs = [x for user, ts in sorted(seen.items()) for x in (str(ts), user)]
+        pairs = [x for user, ts in sorted(seen) for x in (str(ts), user)]
         for i in range(0, len(pairs), 2 * CHUNK):
             ops.append(("Z", key, 2 * online_window_s, pairs[i : i + 2 * CHUNK]))
-        horizon = max(seen.values()) - 2 * online_window_s * 1000
+        horizon = max(ts for _, ts in seen) - 2 * online_window_s * 1000
         ops.append(("R", key, 2 * online_window_s, [str(horizon)]))
-    for (app, day), pairs_ in sorted(revenue.items()):
-        ops.append(("J", live_key(prefix, app, "revenue_usd", day), DAY_TTL_S, pairs_))
-    for (app, minute, level), refs in sorted(errors.items()):
-        ops.append(("C", live_key(prefix, app, "errors", minute), MINUTE_TTL_S, [level, *refs]))
+    for (app, day), micros in sorted(revenue.items()):
+        ops.append(("I", live_key(prefix, app, "revenue_usd", day), DAY_TTL_S, [str(micros)]))
+    for (app, minute, level), n in sorted(errors.items()):
+        ops.append(("H", live_key(prefix, app, "errors", minute), MINUTE_TTL_S, [level, str(n)]))
     return ops
 
 
 def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
     """:func:`plan` for events decoded as an Arrow table, aggregated with Arrow's group-by (same ops)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -145,72 +151,41 @@ def plan_table(table: Any, prefix: str, online_window_s: int = 300) -> list[Op]:
     name = pc.if_else(pc.fill_null(pc.equal(ev, ""), True), table.column("type"), ev)
     dev = table.column("device_id")
     device = pc.if_else(pc.fill_null(pc.equal(dev, ""), True), table.column("user_key"), dev)
-    import numpy as np
-
     # the UTC day as text, formatted once per distinct day (pc.strftime per row was ~40% of the plan)
     days, day_of_row = np.unique(np.floor_divide(ts.to_numpy(), 86_400_000), return_inverse=True)
     day = pa.array([_day(int(d) * 86_400_000) for d in days], pa.string()).take(pa.array(day_of_row))
-    t = pa.table({
-        "app": table.column("app_id"), "minute": pc.multiply(pc.divide(ts, 60_000), 60), "ev": name,
-        "day": day, "user": table.column("user_key"), "dev": device, "ts": ts,
-    })
-    # number the events as plan() does: by (app, day), then in batch order
-    n = table.num_rows
-    order = pc.sort_indices(pa.table({"app": t.column("app"), "day": t.column("day"),
-                                      "row": pa.array(np.arange(n))}),
-                            sort_keys=[("app", "ascending"), ("day", "ascending"), ("row", "ascending")])
-    idx = np.empty(n, dtype=np.int64)
-    idx[order.to_numpy()] = np.arange(1, n + 1)
-    t = t.append_column("idx", pa.array(idx))
-    mid = table.column("message_id") if "message_id" in table.column_names else pa.nulls(n, pa.string())
-    ids = pc.fill_null(pc.cast(mid, pa.string()), "").take(order).to_pylist()
-    ops: list[Op] = []
-    start = 0
-    for r in sorted(t.group_by(["app", "day"]).aggregate([([], "count_all")]).to_pylist(),
-                    key=lambda r: (r["app"], r["day"])):
-        end = start + r["count_all"]
-        ops.append(("S", live_key(prefix, r["app"], "seen", r["day"]), SEEN_TTL_S, ids[start:end]))
-        start = end
-    for r in sorted(t.group_by(["app", "minute", "ev"], use_threads=False).aggregate([("idx", "list")]).to_pylist(),
-                    key=lambda r: (r["app"], r["minute"], r["ev"])):
-        ops.append(("C", live_key(prefix, r["app"], "epm", r["minute"]), MINUTE_TTL_S,
-                    [r["ev"], *map(str, r["idx_list"])]))
-    for col, kind in (("user", "users"), ("dev", "devices")):
+    minute = pc.multiply(pc.divide(ts, 60_000), 60)
+    t = pa.table({"app": table.column("app_id"), "minute": minute, "ev": name, "day": day,
+                  "user": table.column("user_key"), "dev": device, "ts": ts})
+    epm = {(r["app"], r["minute"], r["ev"]): r["count_all"]
+           for r in t.group_by(["app", "minute", "ev"], use_threads=False).aggregate([([], "count_all")]).to_pylist()}
+    members: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for col in ("user", "dev"):
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
         for r in t.group_by(["app", "day", col]).aggregate([]).to_pylist():
             groups[(r["app"], r["day"])].append(r[col])
-        for (app, day), members in sorted(groups.items()):
-            ops.extend(_chunks("P", live_key(prefix, app, "dau", kind, day), DAY_TTL_S, sorted(members)))
+        members[col] = groups
     online: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for r in t.group_by(["app", "user"]).aggregate([("ts", "max")]).to_pylist():
         online[r["app"]].append((r["user"], r["ts_max"]))
-    for app, seen in sorted(online.items()):
-        key = live_key(prefix, app, "online")
-        pairs = [x for user, ts_ in sorted(seen) for x in (str(ts_), user)]
-        for i in range(0, len(pairs), 2 * CHUNK):
-            ops.append(("Z", key, 2 * online_window_s, pairs[i : i + 2 * CHUNK]))
-        ops.append(("R", key, 2 * online_window_s, [str(max(v for _, v in seen) - 2 * online_window_s * 1000)]))
+    revenue: dict[tuple[str, str], int] = {}
     usd = table.column("revenue_usd")
     paid = pc.and_(pc.is_valid(usd), pc.fill_null(table.column("revenue_in_range"), True))
     if pc.any(paid).as_py():
-        rev = pa.table({"app": t.column("app"), "day": t.column("day"), "idx": t.column("idx"),
+        # rounded per event before the sum, as plan() does
+        rev = pa.table({"app": t.column("app"), "day": t.column("day"),
                         "micros": pc.cast(pc.round(pc.multiply(usd, 1_000_000)), pa.int64())}).filter(paid)
-        for r in sorted(rev.group_by(["app", "day"], use_threads=False)
-                        .aggregate([("idx", "list"), ("micros", "list")]).to_pylist(),
-                        key=lambda r: (r["app"], r["day"])):
-            pairs_ = [str(x) for pair in zip(r["idx_list"], r["micros_list"], strict=True) for x in pair]
-            ops.append(("J", live_key(prefix, r["app"], "revenue_usd", r["day"]), DAY_TTL_S, pairs_))
+        revenue = {(r["app"], r["day"]): r["micros_sum"]
+                   for r in rev.group_by(["app", "day"], use_threads=False).aggregate([("micros", "sum")]).to_pylist()}
+    errors: dict[tuple[str, int, str], int] = {}
     lvl = table.column("error_level")
     has_err = pc.fill_null(pc.not_equal(lvl, ""), False)
     if pc.any(has_err).as_py():
-        errs = pa.table({"app": t.column("app"), "minute": t.column("minute"), "lvl": lvl,
-                         "idx": t.column("idx")}).filter(has_err)
-        for r in sorted(errs.group_by(["app", "minute", "lvl"], use_threads=False)
-                        .aggregate([("idx", "list")]).to_pylist(),
-                        key=lambda r: (r["app"], r["minute"], r["lvl"])):
-            ops.append(("C", live_key(prefix, r["app"], "errors", r["minute"]), MINUTE_TTL_S,
-                        [r["lvl"], *map(str, r["idx_list"])]))
-    return ops
+        errs = pa.table({"app": t.column("app"), "minute": t.column("minute"), "lvl": lvl}).filter(has_err)
+        errors = {(r["app"], r["minute"], r["lvl"]): r["count_all"]
+                  for r in errs.group_by(["app", "minute", "lvl"], use_threads=False)
+                  .aggregate([([], "count_all")]).to_pylist()}
+    return _event_ops(prefix, online_window_s, epm, members["user"], members["dev"], online, revenue, errors)
 
 
 def dead_letter_id(r: Record) -> str:
@@ -308,10 +283,11 @@ class RedisSink:
                 b = batch if last is None else _after(batch, int(last))
                 if not len(b):
                     continue
-                if b.table is not None:
-                    ops = plan_table(b.table, self.prefix, self.online_window_s)
+                table, records = _counted(b)
+                if table is not None:
+                    ops = plan_table(table, self.prefix, self.online_window_s)
                 else:
-                    ops = plan(b.records, b.kind, self.prefix, self.online_window_s)
+                    ops = plan(records, b.kind, self.prefix, self.online_window_s)
                 self._script(keys=[okey], args=script_args(b, ops), client=pipe)
                 n += 1
             if n:
@@ -328,16 +304,29 @@ class RedisSink:
 
 
 def _after(batch: Batch, last: int) -> Batch:
-    """The part of a batch beyond an already applied offset."""
+    """The part of a batch beyond an already applied offset (its :data:`LIVE` rows with it)."""
     if batch.first_offset > last:
         return batch
     idx = [i for i, o in enumerate(batch.offsets) if o > last]
+    span = (batch.offsets[idx[0]], batch.last_offset) if idx else None
+    live = batch.meta.get(LIVE)
+    meta = {} if live is None else {LIVE: live.take(idx) if idx else live.slice(0, 0)}
+    offsets = [batch.offsets[i] for i in idx]
     if batch.table is not None:
-        return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx], [], batch.kind,
-                     table=batch.table.slice(0, 0) if not idx else batch.table.take(idx), span=(batch.offsets[idx[0]], batch.last_offset) if idx else None)
-    return Batch(batch.topic, batch.partition, [batch.offsets[i] for i in idx],
-                 [batch.records[i] for i in idx], batch.kind, span=(batch.offsets[idx[0]], batch.last_offset)
-                 if idx else None)
+        table = batch.table.slice(0, 0) if not idx else batch.table.take(idx)
+        return Batch(batch.topic, batch.partition, offsets, [], batch.kind, table=table, span=span, meta=meta)
+    return Batch(batch.topic, batch.partition, offsets, [batch.records[i] for i in idx], batch.kind, span=span,
+                 meta=meta)
+
+
+def _counted(batch: Batch) -> tuple[Any, Sequence[Record]]:
+    """``(table, records)`` of ``batch`` limited to the rows its :data:`LIVE` mask counts."""
+    live = batch.meta.get(LIVE)
+    if live is None:
+        return batch.table, batch.records
+    if batch.table is not None:
+        return batch.table.filter(live), []
+    return None, [r for r, keep in zip(batch.records, live.to_pylist(), strict=True) if keep]
 
 
 def live_tiles(

@@ -37,27 +37,27 @@ def test_replayed_and_overlapping_batches_are_applied_once(tf_env):
     r.close()
 
 
-def test_event_ids_are_counted_once_in_a_large_batch_and_its_re_emit(tf_env):
-    # a batch larger than one Lua unpack() may take (8,000 values), with repeats far apart and empty
-    # ids, then a re-emit of part of it at new offsets
+def test_only_the_rows_the_replay_lookup_marks_live_are_counted(tf_env):
+    # the ClickHouse sink marks re-emitted events (stored at another position) as not live
+    import pyarrow as pa
+
+    from sinks.base import LIVE
+
     r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
     prefix = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6] + ":"
     now = time.time()
     t = int(now * 1000)
-
-    def ev(mid: str) -> dict:
-        return {"app_id": "a", "user_key": "u", "device_id": "d", "event": "open", "type": "track",
-                "event_time": t, "message_id": mid}
-
-    ids = [f"m{i}" for i in range(9000)]
-    first = [ev(m) for m in ids] + [ev("m10"), ev("m3999"), ev("m4000"), ev(""), ev("")]  # 3 repeats, 2 empty
+    recs = [{"app_id": "a", "user_key": f"u{i}", "device_id": f"d{i}", "event": "buy", "type": "track",
+             "event_time": t, "revenue_usd": 1.0, "revenue_in_range": True, "error_level": "Error"}
+            for i in range(6)]
+    live = pa.array([True, False, True, False, True, True])
     sink = RedisSink(r, prefix, "g")
-    sink.write([Batch("t", 0, list(range(len(first))), first)])
-    assert live_tiles(r, prefix, "a", now)["events_this_minute"] == 9000 + 2
-    # re-emitted at new offsets (a restarted worker): 5,000 known ids, 100 new, one empty id
-    again = [ev(m) for m in ids[2000:7000]] + [ev(f"n{i}") for i in range(100)] + [ev("")]
-    sink.write([Batch("t", 0, list(range(20_000, 20_000 + len(again))), again)])
-    assert live_tiles(r, prefix, "a", now)["events_this_minute"] == 9000 + 2 + 100 + 1
+    sink.write([Batch("t", 0, list(range(6)), recs, meta={LIVE: live})])
+    sink.write([Batch("t", 0, list(range(6)), recs, meta={LIVE: live})])  # a replay: nothing more
+    tiles = live_tiles(r, prefix, "a", now)
+    assert tiles["events_this_minute"] == 4 and tiles["revenue_today_usd"] == pytest.approx(4.0)
+    assert tiles["errors_last_hour"] == {"Error": 4}
+    assert not list(r.scan_iter(match=f"{prefix}live:a:seen:*"))  # no per-event state kept in Redis
     r.close()
 
 

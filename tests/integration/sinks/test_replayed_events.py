@@ -1,5 +1,8 @@
 """Events and dead letters re-emitted at new offsets (a restarted pipeline worker) are stored and
-counted once: ClickHouse ``count()`` without ``FINAL`` and the Redis live counters are exact."""
+counted once: ClickHouse ``count()`` without ``FINAL`` and the Redis live counters are exact.
+
+Redis learns which events to count from the ClickHouse sink's replay lookup (``Batch.meta[LIVE]``),
+so events go through ``ClickHouseSink.write`` first, as in the sink loop."""
 
 from __future__ import annotations
 
@@ -81,15 +84,21 @@ def test_events_re_emitted_at_new_offsets_are_stored_and_counted_once(ch_client,
     first = [_batch(topic, 0, evs[:12], arrow=arrow)]
     # a crash after the ClickHouse insert, before Redis: ClickHouse has rows Redis has not counted
     ch.write(first)
+    # the restarted sink writes the same range again: ClickHouse stores nothing more, and its
+    # lookup finds the rows at their own positions, so Redis counts them now
+    for sink in (ch, rs):
+        sink.write(first)
+    assert _count(ch_client, "SELECT count() FROM events WHERE app_id = {a:String}", app) == 12
     # the worker re-emits everything at new offsets: the first 12 again, then the rest, repeated
     # within the batch too; then the same batch once more (a sink replay with the same token)
     replay = [_batch(topic, 100, evs[:12] + evs[12:] + evs[15:], arrow=arrow)]
     for sink in (ch, rs):
         sink.write(replay)
         sink.write(replay)
-    # and again at yet another offset, through both
+    # and again at yet another offset, through both (the same batch, as in the loop)
+    third = [_batch(topic, 300, evs, arrow=arrow)]
     for sink in (ch, rs):
-        sink.write([_batch(topic, 300, evs, arrow=arrow)])
+        sink.write(third)
     assert _count(ch_client, "SELECT count() FROM events WHERE app_id = {a:String}", app) == len(evs)
     assert _count(ch_client, "SELECT uniqExact(message_id) FROM events WHERE app_id = {a:String}", app) == len(evs)
     assert _count(ch_client, "SELECT sum(events) FROM daily_active WHERE app_id = {a:String}", app) == len(evs)
@@ -210,3 +219,34 @@ def test_an_event_in_two_batches_of_one_flush_is_stored_once(ch_client):
                            parameters={"a": app}).result_rows
     assert sorted(rows) == sorted((e["message_id"], 1) for e in evs)
     assert _count(ch_client, "SELECT sum(events) FROM daily_active WHERE app_id = {a:String}", app) == 6
+
+
+def test_a_large_batch_with_repeats_and_its_re_emit_are_counted_once(ch_client, tf_env):
+    # a batch larger than one Lua unpack() may take (8,000 values), with repeats far apart and empty
+    # ids, then a re-emit of part of it at new offsets, through both sinks as in the loop
+    app = f"big-{uuid.uuid4().hex[:8]}"
+    now = time.time()
+    t = int(now * 1000) - 30
+    r = redis.Redis.from_url(tf_env["TRACKFLOW_REDIS_URL"])
+    prefix = tf_env["TRACKFLOW_REDIS_KEY_PREFIX"] + uuid.uuid4().hex[:6] + ":"
+    ch, rs = ClickHouseSink(ch_client, group="test-replays"), RedisSink(r, prefix, "g")
+
+    def evs(mids: list[str]) -> list[dict[str, Any]]:
+        base = _events(app, t, 1)[0]
+        return [dict(base, message_id=m, user_key=f"u{i % 10_000}") for i, m in enumerate(mids)]
+
+    ids = [f"m{i}" for i in range(9000)]
+    topic = f"big.{app}"
+    first = [_batch(topic, 0, evs([*ids, "m10", "m3999", "m4000", "", ""]), arrow=True)]  # 3 repeats, 2 empty
+    for sink in (ch, rs):
+        sink.write(first)
+    tiles = live_tiles(r, prefix, app, now)
+    assert tiles["events_this_minute"] + sum(tiles["events_last_minute_by_name"].values()) == 9000 + 2
+    # re-emitted at new offsets (a restarted worker): 5,000 known ids, 100 new, one empty id
+    again = [_batch(topic, 20_000, evs(ids[2000:7000] + [f"n{i}" for i in range(100)] + [""]), arrow=True)]
+    for sink in (ch, rs):
+        sink.write(again)
+    tiles = live_tiles(r, prefix, app, now)
+    assert tiles["events_this_minute"] + sum(tiles["events_last_minute_by_name"].values()) == 9000 + 2 + 100 + 1
+    assert _count(ch_client, "SELECT count() FROM events WHERE app_id = {a:String}", app) == 9000 + 2 + 100 + 1
+    r.close()

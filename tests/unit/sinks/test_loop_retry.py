@@ -23,9 +23,12 @@ class FlakySink:
         self.written: list[list[str]] = []
         self.again: list[list[bool]] = []  # per write: which batches were flagged as written again
         self.inserts = 0
+        self.looks_up = True  # False: fails (or has no rows) before its replay lookup
 
-    def write(self, batches: Any) -> None:
+    def write(self, batches: Any, on_lookup: Any = None) -> None:
         self.again.append([bool(b.meta.get(AGAIN)) for b in batches])
+        if on_lookup is not None and self.looks_up:
+            on_lookup()  # as ClickHouse does once its replay lookup is done, before its inserts
         if self.failures:
             self.failures -= 1
             raise StorageUnavailable("ClickHouse is down")
@@ -77,6 +80,24 @@ def test_failed_writes_are_retried_with_the_same_batches_and_committed_after():
     assert loop.stats["write_failures"] == 2 and loop.stats["rows_written"] == 3
     # the first attempt is a first write; every retry may find some of it written already
     assert ch.again == [[False], [True], [True]]
+
+
+def test_redis_starts_only_once_clickhouse_has_looked_up_the_replays():
+    # Redis counts the rows the lookup keeps: a ClickHouse write that fails before it (or has
+    # nothing to look up) leaves Redis to run after it, or not at all
+    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_retry_max_s=0.01)
+    ch, redis = FlakySink(failures=1), FlakySink(failures=0)
+    ch.looks_up = False
+    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, ch, [redis], codecs={})  # type: ignore[arg-type]
+    loop._consumer = FakeConsumer()  # type: ignore[assignment]
+    for o in range(3):
+        loop.batcher.add("x.events.enriched", 0, o, {"o": o}, "events", 0.0)
+    with pytest.raises(StorageUnavailable):
+        loop._flush(force=True)
+    assert redis.written == []  # ClickHouse failed before its lookup: Redis was not written
+    loop._flush(force=True)  # ClickHouse succeeds without calling on_lookup: Redis runs after it
+    assert ch.written == redis.written == [["x.events.enriched/0/0-2"]]
+    assert loop._consumer.commits == [[("x.events.enriched", 0, 3)]]  # type: ignore[attr-defined]
 
 
 class Answer:

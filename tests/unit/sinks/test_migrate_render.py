@@ -48,3 +48,16 @@ def test_the_event_ids_migration_in_both_variants():
     assert "TO `tf`.event_ids_local" in mv and "FROM `tf`.events_local" in mv
     # the backfill reads and writes through the Distributed tables, once, from one node
     assert clustered[-1].startswith("INSERT INTO `tf`.event_ids ") and "ON CLUSTER" not in clustered[-1]
+
+
+def test_the_event_positions_migration_alters_the_local_and_distributed_tables_and_the_view():
+    mig = next(m for m in migrations() if m.name == "event_positions")
+    single = render(mig.template, database="tf")
+    assert [s.split("\n")[0] for s in single] == [
+        "ALTER TABLE `tf`.event_ids ", "ALTER TABLE `tf`.event_ids ", "ALTER TABLE `tf`.event_ids_mv "]
+    assert "MODIFY QUERY SELECT app_id, message_id, _topic, _partition, _offset" in single[2]
+    cluster = render(mig.template, database="tf", cluster="c1")
+    assert [s.split("\n")[0] for s in cluster] == [
+        "ALTER TABLE `tf`.event_ids_local ON CLUSTER `c1`", "ALTER TABLE `tf`.event_ids ON CLUSTER `c1`",
+        "ALTER TABLE `tf`.event_ids_mv_local ON CLUSTER `c1`"]
+    assert "FROM `tf`.events_local" in cluster[2]

@@ -22,18 +22,18 @@ def test_events_are_aggregated_into_few_operations():
             ev("u3", "buy", revenue_usd=99999.0, revenue_in_range=False, message_id="m4"),
             ev("u2", "error", error_level="Error", t=T0 + 1000, message_id="m5")]
     ops = plan(recs, "events", "p:", online_window_s=300)
-    # the ids first (per app and day, numbered 1.. in that order), then counters refer to them
-    assert ops[0] == ("S", "p:live:a:seen:20261001", SEEN_TTL_S, ["m1", "m2", "m3", "m4", "m5"])
+    # every record given is counted (the sink left out re-emits before): plain increments, no ids
+    assert all(op != "S" for op, *_ in ops)
     by_key = {}
     for op, key, _ttl, args in ops:
         by_key.setdefault((op, key), []).append(args)
     epm = live_key("p:", "a", "epm", MIN)
-    assert sorted(by_key[("C", epm)]) == [["buy", "3", "4"], ["error", "5"], ["open", "1", "2"]]
+    assert sorted(by_key[("H", epm)]) == [["buy", "2"], ["error", "1"], ["open", "2"]]
     assert by_key[("P", "p:live:a:dau:users:20261001")] == [["u1", "u2", "u3"]]
     assert by_key[("P", "p:live:a:dau:devices:20261001")] == [["d-u1", "d-u2", "d-u3"]]
     # revenue in micro-USD, out-of-range amounts excluded
-    assert by_key[("J", "p:live:a:revenue_usd:20261001")] == [["3", "1500000"]]
-    assert by_key[("C", live_key("p:", "a", "errors", MIN))] == [["Error", "5"]]
+    assert by_key[("I", "p:live:a:revenue_usd:20261001")] == [["1500000"]]
+    assert by_key[("H", live_key("p:", "a", "errors", MIN))] == [["Error", "1"]]
     # online: the latest time per user, then old members trimmed
     z = by_key[("Z", "p:live:a:online")][0]
     assert dict(zip(z[1::2], z[0::2], strict=True)) == {"u1": str(T0), "u2": str(T0 + 1000), "u3": str(T0)}
@@ -118,4 +118,30 @@ def test_arrow_plan_equals_the_record_plan_across_days_and_midnight():
         5, "event_time", pa.array(times, pa.timestamp("ms", tz="UTC")))
     ops = plan_table(table, "p:", 300)
     assert ops == plan(recs, "events", "p:", 300)
-    assert [o[1].rsplit(":", 1)[1] for o in ops if o[0] == "S"] == ["20260930", "20261001", "20261002", "20261005"]
+    days = [o[1].rsplit(":", 1)[1] for o in ops if o[0] == "P" and ":users:" in o[1]]
+    assert days == ["20260930", "20261001", "20261002", "20261005"]
+
+
+def test_only_the_rows_marked_live_are_planned_and_the_mark_follows_a_partial_replay():
+    import pyarrow as pa
+
+    from sinks.base import LIVE
+    from sinks.redis import _after, _counted, plan_table
+
+    recs = [ev(f"u{i}", message_id=f"m{i}", revenue_usd=1.0, revenue_in_range=True, error_level=None)
+            for i in range(4)]
+    table = pa.Table.from_pylist(recs)
+    table = table.set_column(table.schema.get_field_index("event_time"), "event_time",
+                             pa.array([r["event_time"] for r in recs], pa.timestamp("ms", tz="UTC")))
+    live = pa.array([True, False, True, False])  # m1 and m3: re-emits of events stored elsewhere
+    for b in (Batch("t", 0, [5, 6, 7, 8], recs, meta={LIVE: live}),
+              Batch("t", 0, [5, 6, 7, 8], [], table=table, meta={LIVE: live})):
+        table_, records = _counted(b)
+        ops = plan_table(table_, "p:") if table_ is not None else plan(records, "events", "p:")
+        assert ("H", live_key("p:", "a", "epm", MIN), 7200, ["open", "2"]) in ops
+        assert ("I", "p:live:a:revenue_usd:20261001", 259200, ["2000000"]) in ops
+        rest = _after(b, 6)  # offsets 5 and 6 applied already: m2 counts, m3 does not
+        assert rest.meta[LIVE].to_pylist() == [True, False]
+        table_, records = _counted(rest)
+        assert [r["message_id"] for r in (table_.to_pylist() if table_ is not None else records)] == ["m2"]
+    assert _counted(Batch("t", 0, [1], recs[:1])) == (None, recs[:1])  # no mark: every row counts

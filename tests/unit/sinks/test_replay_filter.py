@@ -19,17 +19,23 @@ class FakeClient:
         return type("R", (), {"result_rows": self.rows})()
 
 
-def _events(mids: list[str], apps: list[str] | None = None) -> pa.Table:
+def _events(mids: list[str], apps: list[str] | None = None, partition: int = 0) -> pa.Table:
     n = len(mids)
     return pa.table({
         "app_id": apps or ["a"] * n, "message_id": mids,
         "event_time": pa.array([1_790_856_000_000 + i for i in range(n)], pa.timestamp("ms", tz="UTC")),
-        "_offset": list(range(n)),
+        "_topic": ["t"] * n, "_partition": pa.array([partition] * n, pa.uint32()),
+        "_offset": pa.array(range(n), pa.uint64()),
     })
 
 
+def _stored(app: str, mid: str, partition: int = 9, offset: int = 99) -> tuple[Any, ...]:
+    """A row of the lookup: an id stored at ``t``/``partition``/``offset``."""
+    return (app, mid, "t", partition, offset)
+
+
 def test_events_already_stored_or_repeated_in_the_batch_are_dropped():
-    client = FakeClient([("a", "m2")])
+    client = FakeClient([_stored("a", "m2")])
     data = _events(["m1", "m2", "m1", "", "", "m3"], ["a", "a", "a", "a", "a", "b"])
     out = drop_stored_events(client, data)
     # m1 kept once (the first), m2 stored already, empty ids always kept, m3 of app b kept
@@ -50,7 +56,7 @@ def test_message_ids_are_escaped_into_the_query_text():
 
 
 def test_a_same_message_id_in_another_app_is_not_a_duplicate():
-    out = drop_stored_events(FakeClient([("b", "m1")]), _events(["m1"]))
+    out = drop_stored_events(FakeClient([_stored("b", "m1")]), _events(["m1"]))
     assert out.num_rows == 1
 
 
@@ -91,24 +97,48 @@ def test_a_dead_letter_retried_at_another_position_is_stored_once():
 
 
 def test_the_batches_of_a_flush_share_one_lookup_and_see_each_other():
-    from sinks.clickhouse import drop_stored_events_many
+    from sinks.clickhouse import lookup_stored_events
 
-    client = FakeClient([("a", "m2")])
+    client = FakeClient([_stored("a", "m2")])
     first = _events(["m1", "m2", "m3"])
     # another partition's batch: m1 again (a re-emit on another partition), m1 of another app, new m4
-    second = _events(["m1", "m1", "m4", ""], ["a", "b", "a", "a"])
-    out = drop_stored_events_many(client, [first, second])
+    second = _events(["m1", "m1", "m4", ""], ["a", "b", "a", "a"], partition=1)
+    out, live = lookup_stored_events(client, [first, second])
     assert [t.column("message_id").to_pylist() for t in out] == [["m1", "m3"], ["m1", "m4", ""]]
     assert out[1].column("app_id").to_pylist() == ["b", "a", "a"]
+    # the live counters count what is inserted: m2 is stored at another position (a re-emit)
+    assert [m.to_pylist() for m in live] == [[True, False, True], [False, True, True, True]]
     (sql, params), = client.queries  # one query for both
+    assert "_topic, _partition, _offset FROM event_ids" in sql
     assert params["apps"] == ("a", "b") and """'["m1","m2","m3","m4"]'""" in sql
 
 
+def test_a_row_stored_at_its_own_position_is_not_inserted_again_but_is_counted_live():
+    # a crash after the ClickHouse insert, before Redis: the replay finds m0 and m1 stored at their
+    # own positions (t/0/0, t/0/1), and m2 stored at t/0/7, an earlier copy (this is the re-emit)
+    from sinks.clickhouse import lookup_stored_events
+
+    client = FakeClient([_stored("a", "m0", 0, 0), _stored("a", "m1", 0, 1), _stored("a", "m2", 0, 7),
+                         _stored("b", "m3", 0, 3)])
+    data = _events(["m0", "m1", "m2", "m3", "m4"])
+    (kept,), (live,) = lookup_stored_events(client, [data])
+    assert kept.column("message_id").to_pylist() == ["m3", "m4"]  # m3 is stored for app b only
+    assert live.to_pylist() == [True, True, False, True, True]
+
+
+def test_nothing_stored_and_no_repeat_counts_every_row():
+    from sinks.clickhouse import lookup_stored_events
+
+    data = _events(["m0", "m1"])
+    (kept,), (live,) = lookup_stored_events(FakeClient([]), [data])
+    assert kept is data and live is None
+
+
 def test_an_app_id_and_message_id_split_differently_are_different_keys():
-    from sinks.clickhouse import drop_stored_events_many
+    from sinks.clickhouse import lookup_stored_events
 
     # "a:b" + "c" and "a" + "b:c" would collide in a key joined with ":" alone
-    out = drop_stored_events_many(FakeClient([("a:b", "c")]), [_events(["b:c"], ["a"])])
+    out, _ = lookup_stored_events(FakeClient([_stored("a:b", "c")]), [_events(["b:c"], ["a"])])
     assert out[0].num_rows == 1
 
 
