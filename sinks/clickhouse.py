@@ -7,7 +7,9 @@ Facts this module is built on (measured with clickhouse-connect 1.12 / chdb 4.4)
   .../status", which :func:`connect` turns into :class:`~sinks.exceptions.EmbeddedLocked`.
 - The async client is unsupported on chdb: use sync clients, one per thread
   (:class:`ThreadClients`), from asyncio through ``asyncio.to_thread``.
-- Each insert costs ~14 ms, so the sink batches; ``insert_arrow`` is the fast path.
+- Each insert costs ~14 ms, so the sink batches; ``insert_arrow`` is the fast path on a server.
+  Embedded, :func:`insert_arrow` skips clickhouse-connect's route (Arrow IPC bytes written to a
+  temporary file, then ``INSERT ... FROM INFILE``) and has chdb read the Arrow table in memory.
 - ``insert_deduplication_token`` only works on tables that set ``non_replicated_deduplication_window``
   (and then also deduplicates in materialized views whose target tables set it).
 """
@@ -176,6 +178,50 @@ def _ids_subquery(values: list[str]) -> str:
 
     literal = orjson.dumps(values).decode().translate(_SQL_STR_ESCAPES).replace("%", "%%")
     return f"(SELECT arrayJoin(JSONExtract('{literal}', 'Array(String)')))"
+
+
+def _chdb_handle(client: Client) -> Any:
+    """The chdb connection handle behind an embedded clickhouse-connect client (``conn`` and the
+    ``lock`` that clickhouse-connect holds around each call on it), or ``None``: a server client,
+    or a clickhouse-connect whose internals moved (then :func:`insert_arrow` takes the public
+    route; ``test_embedded_inserts_read_the_arrow_table_in_memory`` notices)."""
+    handle = getattr(getattr(client, "_backend", None), "_handle", None)
+    if handle is None or not hasattr(getattr(handle, "conn", None), "query") or getattr(handle, "lock", None) is None:
+        return None
+    return handle
+
+
+def insert_arrow(client: Client, table: str, data: Any, settings: dict[str, Any]) -> None:
+    """``client.insert_arrow(table, data, settings=settings)``, faster when embedded.
+
+    clickhouse-connect's chdb backend serialises the Arrow table to IPC bytes, writes them to a
+    temporary file and runs ``INSERT ... FROM INFILE``. Here chdb reads the table in memory
+    instead (``INSERT ... SELECT * FROM Python(table)``). The result is the same rows, and the
+    same deduplication, provided the same rows come in the same Arrow chunks: the blocks chdb
+    makes, whose ids the token numbers, follow the chunks (the same 150,000 rows as one chunk, then
+    as two, were stored twice under one token). So a table of several chunks is made one first,
+    and a retry always matches its first attempt (as for the merged insert, see
+    :func:`_combine_events`). Measured in a fresh chdb
+    database, four 100,000-row inserts into ``events`` with its views: 540k rows/s at 1.9 us of
+    CPU per row, against 373k rows/s at 2.7 us through ``insert_arrow`` (best of three each).
+    """
+    handle = _chdb_handle(client)
+    if handle is None:
+        client.insert_arrow(table, data, settings=settings)
+        return
+    if any(c.num_chunks > 1 for c in data.columns):
+        data = data.combine_chunks()
+    cols = ", ".join(f"`{c}`" for c in data.column_names)
+    pairs = ", ".join(
+        f"{k} = '{str(v).translate(_SQL_STR_ESCAPES)}'" if isinstance(v, str) else f"{k} = {int(v)}"
+        for k, v in settings.items()
+    )
+    target = table if "." in table or not client.database else f"`{client.database}`.{table}"
+    tf_arrow_rows = data  # chdb finds the table by this name in the calling frame
+    sql = f"INSERT INTO {target} ({cols}) {'SETTINGS ' + pairs if pairs else ''} SELECT * FROM Python(tf_arrow_rows)"
+    with handle.lock:
+        handle.conn.query(sql, "TabSeparated")
+    del tf_arrow_rows
 
 
 def _first_of_each(keys: list[Any]) -> list[int]:
@@ -612,7 +658,7 @@ class ClickHouseSink:
                 data = drop_stored_dead_letters(client, ins.table, data)
             if not data.num_rows:
                 return 0
-            client.insert_arrow(ins.table, data, settings=insert_settings(b.kind, data, ins.token))
+            insert_arrow(client, ins.table, data, insert_settings(b.kind, data, ins.token))
             if self.check_rewrites and ins.table in _IDENTITY:
                 # one batch: its rows as inserted (the dead-letter lookup may have dropped some)
                 for member, rows in zip(ins.batches, ins.parts or [data], strict=True):
@@ -631,7 +677,7 @@ class ClickHouseSink:
             table, b.token, lost.num_rows, data.num_rows,
         )
         token = f"{b.token}/again-{uuid.uuid4().hex}"
-        client.insert_arrow(table, lost, settings=insert_settings(b.kind, lost, token))
+        insert_arrow(client, table, lost, insert_settings(b.kind, lost, token))
         if missing_rows(client, table, b.topic, b.partition, lost) is not None:
             raise RuntimeError(f"rows of {b.token} still missing after inserting them again")
         self.reinserted += lost.num_rows

@@ -8,8 +8,9 @@ Phases (each printed with its figures):
 3. baselines in the same run: a bare ``insert_arrow`` of the same rows in 50k-row inserts (a) into
    the same table (a second database migrated the same way: ``events`` with its materialized views)
    with the sink's insert settings, and (b) into ``events_bare`` (``AS events``: no materialized
-   views, default settings, no token; the earlier reports' baseline); the ratio sink / bare is
-   printed for both (target >= 50%);
+   views, default settings, no token; the earlier reports' baseline), and (c) the same table
+   through the sink's own embedded route (``sinks.clickhouse.insert_arrow``: chdb reads the Arrow
+   table in memory, no IPC file); the ratio sink / bare is printed for each (target >= 50%);
 4. Redis alone: ``RedisSink.write`` of the same records in 50k-event batches: events/s, once
    ClickHouse's background merges of phases 2-3 are over (they run in this process);
 5. latency: events produced at a steady rate (default 5000/s for 10 s), from a separate process, with
@@ -106,7 +107,7 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
 
     from schemas import codec
     from sinks.base import Batch
-    from sinks.clickhouse import connect, insert_settings
+    from sinks.clickhouse import connect, insert_arrow, insert_settings
     from sinks.decode import ArrowDecoder
     from sinks.migrate import migrate
     from sinks.redis import RedisSink
@@ -167,31 +168,41 @@ def throughput(n: int, kafka, topic: str, settings, ch, core) -> None:
           "before the baseline")
     table = EVENTS.to_arrow(records, topic, 0, list(range(n)))
 
-    def bare(target: str, with_settings: bool) -> tuple[float, float]:
+    def bare(target: str, with_settings: bool, in_memory: bool = False) -> tuple[float, float]:
         t, cpu = time.monotonic(), time.process_time()
         for i in range(0, n, 50_000):
             part = table.slice(i, 50_000)
             s = insert_settings("events", part, f"{topic}/0/{i}-{i + part.num_rows - 1}") if with_settings else None
-            client.insert_arrow(target, part, settings=s)
+            if in_memory:  # the sink's own route (chdb reads the Arrow table in memory)
+                insert_arrow(client, target, part, s or {})
+            else:
+                client.insert_arrow(target, part, settings=s)
         return n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
 
     # the best of three, each into fresh tables: on this shared 2-core machine a single baseline
     # read anywhere from 184k to 395k rows/s in back-to-back runs (its CPU per row from 3.0 to 8.1
     # us); the best one is the fairest measure of the engine, and the hardest one to beat
-    same, legacy = [], []
+    same, legacy, memory = [], [], []
     for k in range(3):
         migrate(client, database=f"bench_bare{k}", dedup_window=settings.sink_dedup_window)
+        migrate(client, database=f"bench_mem{k}", dedup_window=settings.sink_dedup_window)
         client.command(f"CREATE TABLE bench.events_bare{k} AS bench.events")
         same.append(bare(f"bench_bare{k}.events", True))
         legacy.append(bare(f"bench.events_bare{k}", False))
+        memory.append(bare(f"bench_mem{k}.events", True, in_memory=True))
         settle(client, r)
     same_rate, same_cpu = max(same)
     legacy_rate, legacy_cpu = max(legacy)
+    mem_rate, mem_cpu = max(memory)
     print(f"  (bare runs, rows/s: same table {', '.join(f'{x:,.0f}' for x, _ in same)}; "
-          f"events_bare {', '.join(f'{x:,.0f}' for x, _ in legacy)})")
+          f"events_bare {', '.join(f'{x:,.0f}' for x, _ in legacy)}; "
+          f"in memory {', '.join(f'{x:,.0f}' for x, _ in memory)})")
     print(f"bare insert_arrow (best of 3), same table (with its MVs) and insert settings as the sink (50k-row inserts): "
           f"{same_rate:,.0f} rows/s, CPU {same_cpu:.1f} us/row -> ratio sink / bare: {sink_rate / same_rate:.0%} "
           f"(CPU: {same_cpu / sink_cpu_us:.0%})")
+    print(f"bare in-memory insert (best of 3), same table and settings, the sink's own embedded route "
+          f"(sinks.clickhouse.insert_arrow): {mem_rate:,.0f} rows/s, CPU {mem_cpu:.1f} us/row -> ratio sink / bare: "
+          f"{sink_rate / mem_rate:.0%} (CPU: {mem_cpu / sink_cpu_us:.0%})")
     print(f"bare insert_arrow (best of 3), events_bare (no MVs, default settings, no token; earlier baseline): "
           f"{legacy_rate:,.0f} rows/s, CPU {legacy_cpu:.1f} us/row -> ratio sink / bare: "
           f"{sink_rate / legacy_rate:.0%} (CPU: {legacy_cpu / sink_cpu_us:.0%})")
