@@ -338,10 +338,12 @@ def _row_positions(table: Any) -> Any:
 
 
 def _positions(keys: Any, positions: Any) -> Any:
-    """One text per row: its ``_app_id_keys`` key and its position (``topic/partition/offset``)."""
+    """One text per row: its position (``topic/partition/offset``), then its ``_app_id_keys`` key.
+    The position comes first: a Kafka topic name holds no NUL, so the first one ends it, whatever
+    the message id holds."""
     import pyarrow.compute as pc
 
-    return pc.binary_join_element_wise(keys, positions, "\x00")
+    return pc.binary_join_element_wise(positions, keys, "\x00")
 
 
 def _strings(parts: list[Any]) -> Any:
