@@ -369,9 +369,20 @@ def _app_id_keys(app_id: Any, mid: Any) -> Any:
 
 
 def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
-    """``data`` without the dead letters already stored in ``table`` (or repeated within ``data``),
-    identified by :func:`sinks.redis.dead_letter_id` (the ``message_id``, else the raw record's Kafka
-    position, with stage and reason; one with neither is always kept).
+    """``data`` without the dead letters already stored in ``table`` (or repeated within ``data``):
+    :func:`lookup_stored_dead_letters`' first half."""
+    return lookup_stored_dead_letters(client, table, data)[0]
+
+
+def lookup_stored_dead_letters(client: Client, table: str, data: Any) -> tuple[Any, Any | None]:
+    """``(kept, live)`` of one batch of dead letters, as :func:`lookup_stored_events` for events.
+
+    A dead letter is identified by :func:`sinks.redis.dead_letter_id` (the ``message_id``, else
+    the raw record's Kafka position, with stage and reason; one with neither is always kept and
+    counted). ``kept``: ``data`` without the dead letters already stored in ``table`` or repeated
+    within ``data`` (the first is kept). ``live``: the rows the live counters count (a boolean
+    array; ``None``: all), the kept ones plus those stored at their own position (``_topic``,
+    ``_partition``, ``_offset``: an earlier attempt of this batch).
 
     ``failed_at`` is set anew when a restarted worker re-processes a record, so the lookup covers the
     batch's failure dates and the day before.
@@ -385,29 +396,30 @@ def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
     cols = ["app_id", "message_id", "stage", "reason", "source_topic", "source_partition", "source_offset"]
     recs = data.select(cols).to_pylist()
     keys = [dead_letter_id(r) or None for r in recs]
-    keep = _first_of_each(keys)
-    if len(keep) != data.num_rows:
-        data = data.take(pa.array(keep, pa.int64()))
-        keys = [keys[i] for i in keep]
-        recs = [recs[i] for i in keep]
-    if all(k is None for k in keys):
-        return data
+    first = set(_first_of_each(keys))
+    ids = [r for r, k in zip(recs, keys, strict=True) if k is not None]
+    if not ids:
+        return data, None
     dates = _dates(data.column("failed_at"))
-    mids = sorted({r["message_id"] for r in recs if r["message_id"]})
-    offsets = tuple(sorted({int(r["source_offset"]) for r in recs if r["source_offset"] is not None})) or (-1,)
+    mids = sorted({r["message_id"] for r in ids if r["message_id"]})
+    offsets = tuple(sorted({int(r["source_offset"]) for r in ids if r["source_offset"] is not None})) or (-1,)
     rows = client.query(
-        f"SELECT DISTINCT {', '.join(cols)} FROM {table} "
+        f"SELECT DISTINCT {', '.join(cols)}, _topic, _partition, _offset FROM {table} "
         "WHERE app_id IN %(apps)s AND failed_date BETWEEN %(lo)s AND %(hi)s "
         "AND (message_id IN " + _ids_subquery(mids) + " OR source_offset IN %(offsets)s)",
-        parameters={"apps": tuple(sorted({r["app_id"] for r in recs})), "lo": dates[0] - dt.timedelta(days=1),
+        parameters={"apps": tuple(sorted({r["app_id"] for r in ids})), "lo": dates[0] - dt.timedelta(days=1),
                     "hi": dates[-1], "offsets": offsets},
         settings=_LOOKUP_SETTINGS,
     ).result_rows
-    if not rows:
-        return data
-    stored = {dead_letter_id(dict(zip(cols, row, strict=True))) for row in rows} - {""}
-    keep = [i for i, k in enumerate(keys) if k is None or k not in stored]
-    return data.take(pa.array(keep, pa.int64()))
+    n = len(cols)
+    at = {(dead_letter_id(dict(zip(cols, row[:n], strict=True))), tuple(str(x) for x in row[n:])) for row in rows}
+    stored = {k for k, _ in at} - {""}
+    keep = [k is None or (i in first and k not in stored) for i, k in enumerate(keys)]
+    if all(keep):
+        return data, None
+    positions = zip(*(data.column(c).to_pylist() for c in ("_topic", "_partition", "_offset")), strict=True)
+    live = [kept or (k, tuple(str(x) for x in pos)) in at for kept, k, pos in zip(keep, keys, positions, strict=True)]
+    return data.filter(pa.array(keep, pa.bool_())), pa.array(live, pa.bool_())
 
 
 #: per table, the columns that identify a stored row of a batch (a row collapsed into another of
@@ -488,6 +500,14 @@ def _combine_events(inserts: list[_Insert]) -> list[_Insert]:
     )
     rest = [i for i in inserts if i.batches[0].kind != "events"]
     return [merged, *rest]
+
+
+def _mark_live(b: Any, counted: Any) -> None:
+    """Record in ``b.meta`` which of its rows the live counters count (:data:`LIVE`; absent: all)."""
+    if counted is None:
+        b.meta.pop(LIVE, None)
+    else:
+        b.meta[LIVE] = counted
 
 
 @contextlib.contextmanager
@@ -576,10 +596,11 @@ class ClickHouseSink:
         return int(self._retention(app_id))
 
     def write(self, batches: Any, on_lookup: Callable[[], None] | None = None) -> None:
-        """Insert the batches (see the class). Each ``events`` batch gets :data:`sinks.base.LIVE`
-        in its ``meta``: the rows the live counters count (:func:`lookup_stored_events`), absent
-        when all. ``on_lookup()`` is called once that is known, before the inserts (the loop
-        starts the Redis write there, alongside them); not at all when no batch has rows.
+        """Insert the batches (see the class). Each ``events`` and ``invalid`` batch gets
+        :data:`sinks.base.LIVE` in its ``meta``: the rows the live counters count
+        (:func:`lookup_stored_events`, :func:`lookup_stored_dead_letters`), absent when all.
+        ``on_lookup()`` is called once that is known, before the inserts (the loop starts the
+        Redis write there, alongside them); not at all when no batch has rows.
         """
         from sinks.rows import EVENTS, INVALID, SESSIONS, fx_to_arrow
 
@@ -624,11 +645,14 @@ class ClickHouseSink:
                 kept, live = lookup_stored_events(self.client, [prepared[i][2] for i in events])
             for i, data, counted in zip(events, kept, live, strict=True):
                 b = prepared[i][0]
-                if counted is None:
-                    b.meta.pop(LIVE, None)
-                else:
-                    b.meta[LIVE] = counted
+                _mark_live(b, counted)
                 prepared[i] = (b, prepared[i][1], data)
+        for i, (b, table, data) in enumerate(prepared):
+            if b.kind == "invalid" and data.num_rows:
+                with _failure(b, "replay lookup for"):
+                    letters, counted = lookup_stored_dead_letters(self.client, table, data)
+                _mark_live(b, counted)
+                prepared[i] = (b, table, letters)
         if on_lookup is not None:
             on_lookup()
         inserts = [_Insert([b], table, data) for b, table, data in prepared]
@@ -656,8 +680,6 @@ class ClickHouseSink:
         b = ins.batches[0]
         with _failure(b, "insert into", len(ins.batches)):
             data = ins.data
-            if b.kind == "invalid" and data.num_rows:
-                data = drop_stored_dead_letters(client, ins.table, data)
             if not data.num_rows:
                 return 0
             insert_arrow(client, ins.table, data, insert_settings(b.kind, data, ins.token))

@@ -9,16 +9,14 @@ Keys (``P`` = ``RedisSettings.redis_key_prefix``, ``A`` = app id, minutes and da
     P live:A:revenue_usd:<YYYYMMDD>     int   in-range revenue that day, micro-USD     TTL 3 d
     P live:A:errors:<minute epoch s>    hash  error level -> error events              TTL 2 h
     P live:A:invalid:<minute epoch s>   hash  dead-letter reason -> count              TTL 2 h
-    P live:A:seen-invalid:<YYYYMMDD>    set   identities of the dead letters applied   TTL 6 h
     P sink:offsets:<group>              hash  "topic/partition" -> last applied offset
 
 Buckets follow the event's time. :func:`plan` aggregates a batch into few operations (one HINCRBY
 per minute and name, one PFADD per day, ...); ``live.lua`` applies them and records the batch's
-last offset in the same atomic step, so a replayed batch changes nothing. An event re-emitted at new
-offsets (a restarted pipeline worker) is left out before planning: the ClickHouse sink's replay
-lookup marks the rows to count (:data:`sinks.base.LIVE`). A dead letter is counted only if its
-identity was new to the day's ``seen-invalid`` set. :func:`live_tiles` reads the dashboard's live
-tiles.
+last offset in the same atomic step, so a replayed batch changes nothing. An event or dead letter
+re-emitted at new offsets (a restarted pipeline worker) is left out before planning: the ClickHouse
+sink's replay lookup marks the rows to count (:data:`sinks.base.LIVE`). :func:`live_tiles` reads the
+dashboard's live tiles.
 """
 
 from __future__ import annotations
@@ -38,9 +36,6 @@ from sinks.exceptions import StorageUnavailable
 
 MINUTE_TTL_S = 2 * 3600
 DAY_TTL_S = 3 * 86400
-#: the per-app, per-day sets of applied dead-letter identities: replays after a worker crash arrive
-#: within minutes of the original; 6 h after a set's last write is ample (see docs/storage.md)
-SEEN_TTL_S = 6 * 3600
 CHUNK = 1000
 Op = tuple[str, str, int, list[str]]
 
@@ -67,11 +62,8 @@ def offsets_key(prefix: str, group: str) -> str:
 def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int = 300) -> list[Op]:
     """The counter updates of a batch, aggregated (pure).
 
-    Events: every record given is counted (the ClickHouse sink's replay lookup has left out the
-    re-emitted ones, see :data:`sinks.base.LIVE`), so the counts go in as plain increments.
-    Dead letters: the first operations (``S``) list their identities per app and day (the
-    ``seen-invalid`` sets); ``live.lua`` numbers them 1, 2, ... and the ``C`` operations refer to
-    them by that number, so a dead letter already applied is not counted again.
+    Every record given is counted (the ClickHouse sink's replay lookup has left out the re-emitted
+    ones, see :data:`sinks.base.LIVE`), so the counts go in as plain increments.
     """
     if kind == "invalid":
         return _plan_invalid(records, prefix)
@@ -209,30 +201,13 @@ def dead_letter_id(r: Record) -> str:
 
 
 def _plan_invalid(records: Sequence[Record], prefix: str) -> list[Op]:
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
+    counts: dict[tuple[str, int, str], int] = defaultdict(int)
+    for r in records:
         app = r.get("app_id") or ""
         if app:
-            # bucketed by the collector's receipt, which a replay keeps (failed_at it does not)
-            received = int(r.get("received_at") or r.get("failed_at") or 0)
-            groups[(app, _day(received))].append(i)
-    ops: list[Op] = []
-    counts: dict[tuple[str, int, str], list[str]] = defaultdict(list)
-    n = 0
-    for (app, day), rows in sorted(groups.items()):
-        ids = []
-        for i in rows:
-            n += 1
-            r = records[i]
-            ids.append(dead_letter_id(r))
-            minute = int(r.get("failed_at") or 0) // 60_000 * 60
-            counts[(app, minute, r.get("reason") or "")].append(str(n))
-        ops.append(("S", live_key(prefix, app, "seen-invalid", day), SEEN_TTL_S, ids))
-    ops.extend(
-        ("C", live_key(prefix, app, "invalid", minute), MINUTE_TTL_S, [reason, *refs])
-        for (app, minute, reason), refs in sorted(counts.items())
-    )
-    return ops
+            counts[(app, int(r.get("failed_at") or 0) // 60_000 * 60, r.get("reason") or "")] += 1
+    return [("H", live_key(prefix, app, "invalid", minute), MINUTE_TTL_S, [reason, str(n)])
+            for (app, minute, reason), n in sorted(counts.items())]
 
 
 def _chunks(op: str, key: str, ttl: int, members: list[str]) -> list[Op]:

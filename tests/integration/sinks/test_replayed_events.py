@@ -123,12 +123,14 @@ def test_dead_letters_re_emitted_at_new_offsets_are_stored_and_counted_once(ch_c
     now, t, r, prefix, ch, rs = _dead_letter_sinks(ch_client, tf_env)
     topic = f"dl.{app}"
     first = _dead_letters(app, t, t)
+    batch = [_batch(topic, 0, first, "invalid")]
     for sink in (ch, rs):
-        sink.write([_batch(topic, 0, first, "invalid")])
+        sink.write(batch)
     # re-processed by a restarted worker: failed_at is set anew, the offsets are new
     again = _dead_letters(app, t, t + 10)
+    batch = [_batch(topic, 50, again + again[:2], "invalid")]
     for sink in (ch, rs):
-        sink.write([_batch(topic, 50, again + again[:2], "invalid")])
+        sink.write(batch)
     rows = ch_client.query(
         "SELECT reason, message_id, count() FROM invalid_events WHERE app_id = {a:String} "
         "GROUP BY reason, message_id ORDER BY reason, message_id", parameters={"a": app}).result_rows
@@ -147,9 +149,10 @@ def test_an_invalid_event_retried_at_another_raw_position_is_one_dead_letter(ch_
     topic = f"dl2.{app}"
     base = _dead_letters(app, t, t)[0]  # x1, invalid_event_name
     at = [{**base, "source_topic": "raw", "source_partition": p, "source_offset": o} for p, o in ((0, 5), (2, 9), (1, 70))]
-    for sink in (ch, rs):
-        sink.write([_batch(topic, 0, at[:2], "invalid")])
-        sink.write([_batch(topic, 10, at[2:], "invalid")])
+    batches = [[_batch(topic, 0, at[:2], "invalid")], [_batch(topic, 10, at[2:], "invalid")]]
+    for batch in batches:
+        for sink in (ch, rs):
+            sink.write(batch)
     rows = ch_client.query(
         "SELECT message_id, reason, count() FROM invalid_events WHERE app_id = {a:String} GROUP BY message_id, reason",
         parameters={"a": app}).result_rows
@@ -249,4 +252,25 @@ def test_a_large_batch_with_repeats_and_its_re_emit_are_counted_once(ch_client, 
     tiles = live_tiles(r, prefix, app, now)
     assert tiles["events_this_minute"] + sum(tiles["events_last_minute_by_name"].values()) == 9000 + 2 + 100 + 1
     assert _count(ch_client, "SELECT count() FROM events WHERE app_id = {a:String}", app) == 9000 + 2 + 100 + 1
+    r.close()
+
+
+def test_dead_letters_inserted_before_a_crash_are_counted_when_their_batch_comes_again(ch_client, tf_env):
+    # a crash after the ClickHouse insert, before Redis: the same range again finds the dead letters
+    # at their own positions and counts them; a later re-emit at new offsets is not counted
+    app = f"dl3-{uuid.uuid4().hex[:8]}"
+    now, t, r, prefix, ch, rs = _dead_letter_sinks(ch_client, tf_env)
+    topic = f"dl3.{app}"
+    batch = [_batch(topic, 0, _dead_letters(app, t, t), "invalid")]
+    ch.write(batch)
+    for sink in (ch, rs):
+        sink.write(batch)
+    again = [_batch(topic, 40, _dead_letters(app, t, t + 10), "invalid")]
+    for sink in (ch, rs):
+        sink.write(again)
+    assert _count(ch_client, "SELECT count() FROM invalid_events WHERE app_id = {a:String}", app) == 5
+    # x1, x2, the one at raw/1/7, and the one with neither id nor position (twice: never deduplicated)
+    assert live_tiles(r, prefix, app, now)["dead_letters_last_hour"] == {
+        "invalid_event_name": 1, "missing_field": 1, "undecodable": 3}
+    assert not list(r.scan_iter(match=f"{prefix}live:{app}:seen-invalid:*"))
     r.close()

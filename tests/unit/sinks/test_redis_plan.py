@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sinks.base import Batch
-from sinks.redis import SEEN_TTL_S, live_key, plan, script_args
+from sinks.redis import live_key, plan, script_args
 
 T0 = int(datetime(2026, 10, 1, 12, 0, 30, tzinfo=UTC).timestamp() * 1000)
 MIN = T0 // 60_000 * 60
@@ -41,18 +41,13 @@ def test_events_are_aggregated_into_few_operations():
 
 
 def test_invalid_records_count_reasons_and_other_kinds_nothing():
+    # every dead letter given is counted (the sink left out re-emits before); no app: not counted
     recs = [{"app_id": "a", "reason": "bad", "failed_at": T0}, {"app_id": "", "reason": "x", "failed_at": T0},
             {"app_id": "a", "reason": "bad", "stage": "validate", "failed_at": T0 + 5, "message_id": "m1"},
-            # the same event again at another position (a retried request): the same dead letter
-            {"app_id": "a", "reason": "bad", "stage": "validate", "failed_at": T0, "message_id": "m1",
-             "source_topic": "raw", "source_partition": 2, "source_offset": 40},
-            # no message id: the position identifies it
-            {"app_id": "a", "reason": "bad", "stage": "decode", "failed_at": T0, "message_id": "",
-             "source_topic": "raw", "source_partition": 2, "source_offset": 41}]
+            {"app_id": "a", "reason": "late", "failed_at": T0 + 60_000}]
     assert plan(recs, "invalid", "p:") == [
-        ("S", "p:live:a:seen-invalid:20261001", SEEN_TTL_S,
-         ["", "id:m1/validate/bad", "id:m1/validate/bad", "src:raw/2/41/decode/bad"]),
-        ("C", live_key("p:", "a", "invalid", MIN), 7200, ["bad", "1", "2", "3", "4"]),
+        ("H", live_key("p:", "a", "invalid", MIN), 7200, ["bad", "2"]),
+        ("H", live_key("p:", "a", "invalid", MIN + 60), 7200, ["late", "1"]),
     ]
     assert plan([{"app_id": "a"}], "sessions", "p:") == []
 

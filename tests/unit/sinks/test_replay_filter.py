@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sinks.clickhouse import drop_stored_dead_letters, drop_stored_events
+from sinks.clickhouse import drop_stored_dead_letters, drop_stored_events, lookup_stored_dead_letters
 
 
 class FakeClient:
@@ -66,18 +66,27 @@ def test_a_batch_of_empty_ids_needs_no_lookup():
     assert client.queries == []
 
 
+def _letters(n: int, **cols: list[Any]) -> pa.Table:
+    ts = pa.array([1_790_856_000_000] * n, pa.timestamp("ms", tz="UTC"))
+    base = {"app_id": ["a"] * n, "stage": ["validate"] * n, "reason": ["bad"] * n, "source_topic": [None] * n,
+            "source_partition": pa.array([None] * n, pa.int32()), "source_offset": pa.array([None] * n, pa.int64()),
+            "failed_at": ts, "_topic": ["dl"] * n, "_partition": pa.array([0] * n, pa.uint32()),
+            "_offset": pa.array(range(n), pa.uint64())}
+    return pa.table(base | cols)
+
+
 def test_dead_letters_are_identified_by_id_else_position_never_by_nothing():
-    ts = pa.array([1_790_856_000_000] * 5, pa.timestamp("ms", tz="UTC"))
-    data = pa.table({
-        "app_id": ["a"] * 5, "message_id": ["x1", "x1", "", "", "x2"], "stage": ["validate"] * 5,
-        "reason": ["bad", "bad", "undecodable", "undecodable", "bad"],
-        "source_topic": [None, None, "raw", None, "raw"], "source_partition": [None, None, 1, None, 0],
-        "source_offset": [None, None, 7, None, 9], "failed_at": ts, "_offset": list(range(5)),
-    })
-    # stored already: the one at raw/0/9 (its failed_at differs: a replay sets it anew)
-    client = FakeClient([("a", "x2", "validate", "bad", "raw", 0, 9)])
-    out = drop_stored_dead_letters(client, "invalid_events", data)
-    assert out.column("_offset").to_pylist() == [0, 2, 3]
+    data = _letters(5, message_id=["x1", "x1", "", "", "x2"],
+                    reason=["bad", "bad", "undecodable", "undecodable", "bad"],
+                    source_topic=[None, None, "raw", None, "raw"],
+                    source_partition=pa.array([None, None, 1, None, 0], pa.int32()),
+                    source_offset=pa.array([None, None, 7, None, 9], pa.int64()))
+    # stored already: the one at raw/0/9 (its failed_at differs: a replay sets it anew), written
+    # from another position of the dead-letter topic (a re-emit)
+    client = FakeClient([("a", "x2", "validate", "bad", "raw", 0, 9, "dl", 3, 40)])
+    kept, live = lookup_stored_dead_letters(client, "invalid_events", data)
+    assert kept.column("_offset").to_pylist() == [0, 2, 3]
+    assert live.to_pylist() == [True, False, True, True, False]
     (_, params), = client.queries
     assert [str(params["lo"]), str(params["hi"])] == ["2026-09-30", "2026-10-01"]
 
@@ -85,15 +94,21 @@ def test_dead_letters_are_identified_by_id_else_position_never_by_nothing():
 def test_a_dead_letter_retried_at_another_position_is_stored_once():
     # a request answered 503 whose events still reached Kafka, then retried by the client: the same
     # invalid event at two raw positions, one in this batch and one already stored
-    ts = pa.array([1_790_856_000_000] * 3, pa.timestamp("ms", tz="UTC"))
-    data = pa.table({
-        "app_id": ["a"] * 3, "message_id": ["x1", "x1", "x3"], "stage": ["validate"] * 3,
-        "reason": ["bad", "bad", "bad"], "source_topic": ["raw"] * 3, "source_partition": [0, 1, 1],
-        "source_offset": [5, 8, 9], "failed_at": ts, "_offset": list(range(3)),
-    })
+    data = _letters(3, message_id=["x1", "x1", "x3"], source_topic=["raw"] * 3,
+                    source_partition=pa.array([0, 1, 1], pa.int32()), source_offset=pa.array([5, 8, 9], pa.int64()))
     assert drop_stored_dead_letters(FakeClient([]), "invalid_events", data).column("_offset").to_pylist() == [0, 2]
-    stored = FakeClient([("a", "x3", "validate", "bad", "raw", 3, 77)])
+    stored = FakeClient([("a", "x3", "validate", "bad", "raw", 3, 77, "dl", 0, 900)])
     assert drop_stored_dead_letters(stored, "invalid_events", data).column("_offset").to_pylist() == [0]
+
+
+def test_a_dead_letter_stored_at_its_own_position_is_counted_live_but_not_stored_again():
+    # a crash after the insert, before Redis: the same batch again finds x1 at its own position
+    data = _letters(2, message_id=["x1", "x2"])
+    client = FakeClient([("a", "x1", "validate", "bad", None, None, None, "dl", 0, 0)])
+    kept, live = lookup_stored_dead_letters(client, "invalid_events", data)
+    assert kept.column("message_id").to_pylist() == ["x2"] and live.to_pylist() == [True, True]
+    nothing = FakeClient([])
+    assert lookup_stored_dead_letters(nothing, "invalid_events", data) == (data, None)
 
 
 def test_the_batches_of_a_flush_share_one_lookup_and_see_each_other():
