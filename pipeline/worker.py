@@ -1077,8 +1077,8 @@ async def _seek_raw(consumer: Any, tp: Any, offset: int) -> None:
     consumer._read_offset[tp] = offset or None  # what Faust's own seek sets
 
 
-def _commit_to_frontier(tp: Any, committed: int, processed: int, acked: list[int], index: set[int]) -> int | None:
-    """The next commit of raw partition ``tp``: ``processed`` (the offset after the last record the
+def _commit_to_frontier(committed: int, processed: int, acked: list[int], index: set[int]) -> int | None:
+    """The next commit of a raw partition: ``processed`` (the offset after the last record the
     agent processed in order) when it is past ``committed``, else ``None``. The acknowledgements
     below it are dropped; the ones past it are kept (records skipped past a hole, read again later).
 
@@ -1164,7 +1164,7 @@ def _guard_offsets(
         index = consumer._acked_index[tp]
         cap = processed(tp) if processed is not None else None
         if cap is not None:
-            return _commit_to_frontier(tp, committed, cap, acked, index)
+            return _commit_to_frontier(committed, cap, acked, index)
         if not acked:
             return None
         acked.sort()

@@ -217,11 +217,10 @@ def insert_arrow(client: Client, table: str, data: Any, settings: dict[str, Any]
         for k, v in settings.items()
     )
     target = table if "." in table or not client.database else f"`{client.database}`.{table}"
-    tf_arrow_rows = data  # chdb finds the table by this name in the calling frame
+    tf_arrow_rows = data  # noqa: F841 - read by chdb, which finds the table by this name in the calling frame
     sql = f"INSERT INTO {target} ({cols}) {'SETTINGS ' + pairs if pairs else ''} SELECT * FROM Python(tf_arrow_rows)"
     with handle.lock:
         handle.conn.query(sql, "TabSeparated")
-    del tf_arrow_rows
 
 
 def _first_of_each(keys: list[Any]) -> list[int]:
@@ -366,12 +365,6 @@ def _app_id_keys(app_id: Any, mid: Any) -> Any:
 
     app = pc.cast(app_id, pa.string())
     return pc.binary_join_element_wise(pc.cast(pc.utf8_length(app), pa.string()), app, mid, ":")
-
-
-def drop_stored_dead_letters(client: Client, table: str, data: Any) -> Any:
-    """``data`` without the dead letters already stored in ``table`` (or repeated within ``data``):
-    :func:`lookup_stored_dead_letters`' first half."""
-    return lookup_stored_dead_letters(client, table, data)[0]
 
 
 def lookup_stored_dead_letters(client: Client, table: str, data: Any) -> tuple[Any, Any | None]:
@@ -684,7 +677,7 @@ class ClickHouseSink:
                 return 0
             insert_arrow(client, ins.table, data, insert_settings(b.kind, data, ins.token))
             if self.check_rewrites and ins.table in _IDENTITY:
-                # one batch: its rows as inserted (the dead-letter lookup may have dropped some)
+                # one batch: its rows as inserted (after the replay lookups)
                 for member, rows in zip(ins.batches, ins.parts or [data], strict=True):
                     if member.meta.get(AGAIN) and rows.num_rows:
                         self._restore(client, member, ins.table, rows)

@@ -94,7 +94,7 @@ def plan(records: Sequence[Record], kind: str, prefix: str, online_window_s: int
             errors[(app, minute, level)] += 1
     return _event_ops(
         prefix, online_window_s, epm, users, devices,
-        {app: sorted(seen.items()) for app, seen in online.items()}, revenue, errors,
+        {app: list(seen.items()) for app, seen in online.items()}, revenue, errors,
     )
 
 

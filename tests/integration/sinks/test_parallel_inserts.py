@@ -78,6 +78,20 @@ def _new_flush(sink: ClickHouseSink) -> Iterator[tuple[str, list[Batch]]]:
         sink.close()
 
 
+@contextlib.contextmanager
+def _write_fails_without(sink: ClickHouseSink, table: str, flush: list[Batch]) -> Iterator[StorageUnavailable]:
+    """Writes ``flush`` while ``table`` is renamed away, expecting the write to fail; yields the
+    error, with the table back in place."""
+    db = sink.client.database
+    sink.client.command(f"RENAME TABLE `{db}`.{table} TO `{db}`.{table}_away")
+    try:
+        with pytest.raises(StorageUnavailable) as err:
+            sink.write(flush)
+    finally:
+        sink.client.command(f"RENAME TABLE `{db}`.{table}_away TO `{db}`.{table}")
+    yield err.value
+
+
 def _assert_every_row_once(client: Any, app: str) -> None:
     assert _count(client, "events", app) == 100
     assert _count(client, "sessions", app) == 1
@@ -104,14 +118,9 @@ def test_a_replay_grouped_differently_stores_nothing_twice(fresh_db: ClickHouseS
 
 
 def test_a_failed_merged_insert_names_its_batches(fresh_db: ClickHouseSettings) -> None:
-    db = fresh_db.clickhouse_database
     sink = _sink(fresh_db)
-    with _new_flush(sink) as (app, flush):
-        sink.client.command(f"RENAME TABLE `{db}`.events TO `{db}`.events_away")
-        with pytest.raises(StorageUnavailable) as err:
-            sink.write(flush)
-        assert f"insert into events (4 batches from {app}.enriched/0/0-24 on) failed" in str(err.value)
-        sink.client.command(f"RENAME TABLE `{db}`.events_away TO `{db}`.events")
+    with _new_flush(sink) as (app, flush), _write_fails_without(sink, "events", flush) as err:
+        assert f"insert into events (4 batches from {app}.enriched/0/0-24 on) failed" in str(err)
         sink.write(flush)  # the retry: every row once
         _assert_every_row_once(sink.client, app)
 
@@ -119,17 +128,12 @@ def test_a_failed_merged_insert_names_its_batches(fresh_db: ClickHouseSettings) 
 def test_a_failed_parallel_insert_fails_the_flush_and_the_retry_stores_nothing_twice(
     fresh_db: ClickHouseSettings,
 ) -> None:
-    db = fresh_db.clickhouse_database
     sink = _sink(fresh_db)
-    with _new_flush(sink) as (app, flush):
-        sink.client.command(f"RENAME TABLE `{db}`.sessions TO `{db}`.sessions_away")
-        with pytest.raises(StorageUnavailable) as err:
-            sink.write(flush)
-        assert "insert into sessions failed" in str(err.value)
-        assert err.value.topic == f"{app}.sessions"
+    with _new_flush(sink) as (app, flush), _write_fails_without(sink, "sessions", flush) as err:
+        assert "insert into sessions failed" in str(err)
+        assert err.topic == f"{app}.sessions"
         # the events batches went in while the sessions insert failed: the retry must not double them
         assert _count(sink.client, "events", app) == 100
-        sink.client.command(f"RENAME TABLE `{db}`.sessions_away TO `{db}`.sessions")
         sink.write(flush)
         _assert_every_row_once(sink.client, app)
 
