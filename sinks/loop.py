@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, TopicPartition
@@ -40,8 +40,35 @@ from trackflow.offsets import read_committed
 
 log = logging.getLogger("trackflow.sink")
 
+#: librdkafka's ``fetch.queue.backoff.ms`` for the sink's consumer (see :meth:`SinkLoop._make_consumer`)
+FETCH_QUEUE_BACKOFF_MS = 10
+#: how long a full buffer waits for the write in flight before pausing the partitions
+FULL_WAIT_S = 1.0
 #: records per ``consume`` call; a call that returns this many means a backlog (see ``Batcher.due``)
 CONSUME_BATCH = 10_000
+
+
+def merge_batches(batches: list[Batch]) -> list[Batch]:
+    """Consecutive batches of one partition cut one after the other, joined into one batch each (a
+    planned or retried range, marked in its ``meta``, keeps its own range and token)."""
+    import pyarrow as pa
+
+    out: list[Batch] = []
+    last: dict[tuple[str, int], int] = {}
+    for b in batches:
+        i = last.get((b.topic, b.partition), -1)
+        prev = out[i] if i >= 0 else None
+        if (prev is None or prev.meta or b.meta or prev.kind != b.kind
+                or (prev.table is None) != (b.table is None) or b.first_offset <= prev.last_offset):
+            last[(b.topic, b.partition)] = len(out)
+            out.append(b)
+            continue
+        table = None
+        if b.table is not None:
+            table = pa.concat_tables([prev.table, b.table], promote_options="permissive")
+        out[i] = Batch(b.topic, b.partition, [*prev.offsets, *b.offsets], [*prev.records, *b.records], b.kind,
+                       table=table, span=(prev.first_offset, b.last_offset))
+    return out
 
 
 class SinkLoop:
@@ -96,6 +123,10 @@ class SinkLoop:
         #: writes a flush while the loop consumes the next one (see :meth:`_flush`)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-write")
         self._inflight: Future[None] | None = None
+        #: decodes the next flush while the one before is written (see :meth:`_decode_ahead`)
+        self._ahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-ahead")
+        self._ahead: list[Future[list[Batch]]] = []
+        self._ahead_rows = 0
 
     # -- Kafka plumbing --------------------------------------------------------------------
 
@@ -109,6 +140,11 @@ class SinkLoop:
             "session.timeout.ms": self.settings.sink_session_timeout_ms,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
+            # once a partition's local queue holds queued.min.messages (100k), librdkafka postpones
+            # its next fetch by this long (default 1 s): with the sink busy inserting, the queue
+            # ran dry and reading stalled, capping reads at 220k-400k records/s where 10 ms gives
+            # 1.3-1.9M (bench/sink/consume.py); memory stays bounded by queued.max.messages.kbytes
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         })
 
     def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
@@ -163,7 +199,8 @@ class SinkLoop:
         self.batcher.drop(tps)
         for tp in tps:
             self.uncommitted.pop(tp, None)  # the next owner starts from the committed offset
-        self.pending = [b for b in self.pending if (b.topic, b.partition) not in tps]
+        # a flush decoded ahead and not written (the forced flush failed) follows the failed one
+        self.pending = [b for b in self.pending + self._ahead_result() if (b.topic, b.partition) not in tps]
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -202,8 +239,7 @@ class SinkLoop:
                         if ts_type != TIMESTAMP_NOT_AVAILABLE and ts > 0:
                             written = now - max(0.0, wall - ts / 1000)
                         self.batcher.add_many(topic, partition, offsets, values, kind, now, written)
-                if self.batcher.rows >= self.settings.sink_max_buffer_rows and not self.paused:
-                    self._pause()
+                self._backpressure()
                 if self.pending or self.batcher.due(now, self.backlog) or self.paused:
                     try:
                         self._flush()
@@ -219,6 +255,7 @@ class SinkLoop:
             consumer.close()
             self._consumer = None
             self._pool.shutdown(wait=True)
+            self._ahead_pool.shutdown(wait=True)
             self._decode_pool.shutdown(wait=True)
             self._writer.shutdown(wait=True)
 
@@ -248,6 +285,20 @@ class SinkLoop:
             b.topic, b.partition, [o for o, _ in keep], [r for _, r in keep], b.kind, span=span, meta=b.meta
         )
 
+    def _backpressure(self) -> None:
+        """Stop reading once ``sink_max_buffer_rows`` are buffered. With a write in flight, wait
+        for it first (up to :data:`FULL_WAIT_S`): it usually ends well within that, and pausing
+        instead would drop librdkafka's prefetched records, fetched again after the resume (a
+        0.8-0.9 s gap with nothing to write, twice every three flushes in ``bench/sink``). A
+        write that takes longer (ClickHouse slow or down) pauses the partitions as before."""
+        if self.paused or self.buffered_rows < self.settings.sink_max_buffer_rows:
+            return
+        if self._inflight is not None:
+            wait([self._inflight], timeout=FULL_WAIT_S)
+            if self._inflight.done():
+                return  # the flush that follows commits it and takes the buffer
+        self._pause()
+
     def _pause(self) -> None:
         if self._consumer is not None and not self.paused:
             self._consumer.pause(self._consumer.assignment())
@@ -258,30 +309,60 @@ class SinkLoop:
             self._consumer.resume(self._consumer.assignment())
             self.paused = False
 
+    @property
+    def buffered_rows(self) -> int:
+        """Rows read and not yet written: in the batcher, and in a flush decoded ahead."""
+        return self.batcher.rows + self._ahead_rows
+
+    def _decoded(self, taken: list[Batch]) -> list[Batch]:
+        """The batches decoded in parallel: polars' Avro reader releases the GIL (a 4-partition
+        flush of 50k rows: ~145 ms instead of ~200-250 ms on 2 cores)."""
+        out = list(self._decode_pool.map(self._decode, taken))
+        self.stats["decode_errors"] += sum(len(a) - len(b) for a, b in zip(taken, out, strict=True))
+        return out
+
+    def _decode_ahead(self, now: float) -> None:
+        """While a write is in flight, cut and decode the next flush each time a batch is due, so
+        that it is ready when the write ends: decoding (~30 % of a flush's time when it waited)
+        then runs alongside ClickHouse's insert instead of between two inserts. The pieces cut
+        meanwhile become one flush (:func:`merge_batches`), as big as when it was cut at once."""
+        if self.batcher.due(now, self.backlog):
+            taken = self.batcher.take(now)
+            if taken:
+                self._ahead_rows += sum(len(b) for b in taken)
+                self._ahead.append(self._ahead_pool.submit(self._decoded, taken))
+
+    def _ahead_result(self) -> list[Batch]:
+        """The flush decoded ahead (waiting for its decoding), or ``[]``; it is then the caller's."""
+        futures, self._ahead = self._ahead, []
+        self._ahead_rows = 0
+        return merge_batches([b for fut in futures for b in fut.result()])
+
     def _flush(self, force: bool = False) -> None:
         """Write and commit what is due; raises :class:`SinkError` when a write failed (kept for a retry).
 
-        The writes of a flush run on the writer thread while this thread goes on consuming and
-        decoding: the next flush starts once the previous one is committed, so
-        writes and commits stay in order. ``force`` (a revoke, the end) waits for everything.
+        The writes of a flush run on the writer thread while this thread goes on consuming, and
+        decodes the next flush as soon as it is due (:meth:`_decode_ahead`): the next write starts
+        once the previous one is committed, so writes and commits stay in order. ``force`` (a
+        revoke, the end) waits for everything.
         """
         if self._inflight is not None:
             if not (force or self._inflight.done()):
+                self._decode_ahead(time.monotonic())
                 return
             self._settle()
         now = time.monotonic()
         if self.pending and now < self._retry_at and not force:
             return
         if not self.pending:
-            if not (force or self.batcher.due(now, self.backlog) or self.paused):
-                return
-            taken = self.batcher.take(now)
-            # decoded in parallel: polars' Avro reader releases the GIL (a 4-partition flush of
-            # 50k rows: ~145 ms instead of ~200-250 ms on 2 cores)
-            self.pending = list(self._decode_pool.map(self._decode, taken))
-            self.stats["decode_errors"] += sum(len(a) - len(b) for a, b in zip(taken, self.pending, strict=True))
+            ready = self._ahead_result()
+            if not ready or force:
+                if not (ready or force or self.batcher.due(now, self.backlog) or self.paused):
+                    return
+                ready += self._decoded(self.batcher.take(now))
+            self.pending = ready
         if not self.pending:
-            if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
+            if self.paused and self.buffered_rows < self.settings.sink_max_buffer_rows:
                 self._resume()
             return
         if not force and not self._hooks():
@@ -329,7 +410,7 @@ class SinkLoop:
             self.on_flush(self.pending)
         self.pending = []
         self._backoff = 0.0
-        if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
+        if self.paused and self.buffered_rows < self.settings.sink_max_buffer_rows:
             self._resume()
 
     def _hooks(self) -> bool:
