@@ -48,29 +48,6 @@ FULL_WAIT_S = 1.0
 CONSUME_BATCH = 10_000
 
 
-def merge_batches(batches: list[Batch]) -> list[Batch]:
-    """Consecutive batches of one partition cut one after the other, joined into one batch each (a
-    planned or retried range, marked in its ``meta``, keeps its own range and token)."""
-    import pyarrow as pa
-
-    out: list[Batch] = []
-    last: dict[tuple[str, int], int] = {}
-    for b in batches:
-        i = last.get((b.topic, b.partition), -1)
-        prev = out[i] if i >= 0 else None
-        if (prev is None or prev.meta or b.meta or prev.kind != b.kind
-                or (prev.table is None) != (b.table is None) or b.first_offset <= prev.last_offset):
-            last[(b.topic, b.partition)] = len(out)
-            out.append(b)
-            continue
-        table = None
-        if b.table is not None:
-            table = pa.concat_tables([prev.table, b.table], promote_options="permissive")
-        out[i] = Batch(b.topic, b.partition, [*prev.offsets, *b.offsets], [*prev.records, *b.records], b.kind,
-                       table=table, span=(prev.first_offset, b.last_offset))
-    return out
-
-
 class SinkLoop:
     """Consumes the enriched, sessions, invalid and FX topics into the sinks.
 
@@ -123,10 +100,6 @@ class SinkLoop:
         #: writes a flush while the loop consumes the next one (see :meth:`_flush`)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-write")
         self._inflight: Future[None] | None = None
-        #: decodes the next flush while the one before is written (see :meth:`_decode_ahead`)
-        self._ahead_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-ahead")
-        self._ahead: list[Future[list[Batch]]] = []
-        self._ahead_rows = 0
 
     # -- Kafka plumbing --------------------------------------------------------------------
 
@@ -199,8 +172,7 @@ class SinkLoop:
         self.batcher.drop(tps)
         for tp in tps:
             self.uncommitted.pop(tp, None)  # the next owner starts from the committed offset
-        # a flush decoded ahead and not written (the forced flush failed) follows the failed one
-        self.pending = [b for b in self.pending + self._ahead_result() if (b.topic, b.partition) not in tps]
+        self.pending = [b for b in self.pending if (b.topic, b.partition) not in tps]
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -255,7 +227,6 @@ class SinkLoop:
             consumer.close()
             self._consumer = None
             self._pool.shutdown(wait=True)
-            self._ahead_pool.shutdown(wait=True)
             self._decode_pool.shutdown(wait=True)
             self._writer.shutdown(wait=True)
 
@@ -291,7 +262,7 @@ class SinkLoop:
         instead would drop librdkafka's prefetched records, fetched again after the resume (a
         0.8-0.9 s gap with nothing to write, twice every three flushes in ``bench/sink``). A
         write that takes longer (ClickHouse slow or down) pauses the partitions as before."""
-        if self.paused or self.buffered_rows < self.settings.sink_max_buffer_rows:
+        if self.paused or self.batcher.rows < self.settings.sink_max_buffer_rows:
             return
         if self._inflight is not None:
             wait([self._inflight], timeout=FULL_WAIT_S)
@@ -309,60 +280,30 @@ class SinkLoop:
             self._consumer.resume(self._consumer.assignment())
             self.paused = False
 
-    @property
-    def buffered_rows(self) -> int:
-        """Rows read and not yet written: in the batcher, and in a flush decoded ahead."""
-        return self.batcher.rows + self._ahead_rows
-
-    def _decoded(self, taken: list[Batch]) -> list[Batch]:
-        """The batches decoded in parallel: polars' Avro reader releases the GIL (a 4-partition
-        flush of 50k rows: ~145 ms instead of ~200-250 ms on 2 cores)."""
-        out = list(self._decode_pool.map(self._decode, taken))
-        self.stats["decode_errors"] += sum(len(a) - len(b) for a, b in zip(taken, out, strict=True))
-        return out
-
-    def _decode_ahead(self, now: float) -> None:
-        """While a write is in flight, cut and decode the next flush each time a batch is due, so
-        that it is ready when the write ends: decoding (~30 % of a flush's time when it waited)
-        then runs alongside ClickHouse's insert instead of between two inserts. The pieces cut
-        meanwhile become one flush (:func:`merge_batches`), as big as when it was cut at once."""
-        if self.batcher.due(now, self.backlog):
-            taken = self.batcher.take(now)
-            if taken:
-                self._ahead_rows += sum(len(b) for b in taken)
-                self._ahead.append(self._ahead_pool.submit(self._decoded, taken))
-
-    def _ahead_result(self) -> list[Batch]:
-        """The flush decoded ahead (waiting for its decoding), or ``[]``; it is then the caller's."""
-        futures, self._ahead = self._ahead, []
-        self._ahead_rows = 0
-        return merge_batches([b for fut in futures for b in fut.result()])
-
     def _flush(self, force: bool = False) -> None:
         """Write and commit what is due; raises :class:`SinkError` when a write failed (kept for a retry).
 
-        The writes of a flush run on the writer thread while this thread goes on consuming, and
-        decodes the next flush as soon as it is due (:meth:`_decode_ahead`): the next write starts
-        once the previous one is committed, so writes and commits stay in order. ``force`` (a
-        revoke, the end) waits for everything.
+        The writes of a flush run on the writer thread while this thread goes on consuming and
+        decoding: the next flush starts once the previous one is committed, so
+        writes and commits stay in order. ``force`` (a revoke, the end) waits for everything.
         """
         if self._inflight is not None:
             if not (force or self._inflight.done()):
-                self._decode_ahead(time.monotonic())
                 return
             self._settle()
         now = time.monotonic()
         if self.pending and now < self._retry_at and not force:
             return
         if not self.pending:
-            ready = self._ahead_result()
-            if not ready or force:
-                if not (ready or force or self.batcher.due(now, self.backlog) or self.paused):
-                    return
-                ready += self._decoded(self.batcher.take(now))
-            self.pending = ready
+            if not (force or self.batcher.due(now, self.backlog) or self.paused):
+                return
+            taken = self.batcher.take(now)
+            # decoded in parallel: polars' Avro reader releases the GIL (a 4-partition flush of
+            # 50k rows: ~145 ms instead of ~200-250 ms on 2 cores)
+            self.pending = list(self._decode_pool.map(self._decode, taken))
+            self.stats["decode_errors"] += sum(len(a) - len(b) for a, b in zip(taken, self.pending, strict=True))
         if not self.pending:
-            if self.paused and self.buffered_rows < self.settings.sink_max_buffer_rows:
+            if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
                 self._resume()
             return
         if not force and not self._hooks():
@@ -410,7 +351,7 @@ class SinkLoop:
             self.on_flush(self.pending)
         self.pending = []
         self._backoff = 0.0
-        if self.paused and self.buffered_rows < self.settings.sink_max_buffer_rows:
+        if self.paused and self.batcher.rows < self.settings.sink_max_buffer_rows:
             self._resume()
 
     def _hooks(self) -> bool:

@@ -112,28 +112,3 @@ def test_a_backlog_is_flushed_in_full_batches_only():
     assert b.due(0.0) and not b.due(0.0, backlog=True)
     b.add_many("t", 0, [3, 4], [{}, {}], "events", 0.1)
     assert b.due(0.1, backlog=True)  # 5 rows: a full batch
-
-
-def test_pieces_of_one_partition_cut_one_after_the_other_merge_into_one_batch():
-    import pyarrow as pa
-
-    from sinks.base import AGAIN, Batch
-    from sinks.loop import merge_batches
-
-    def tb(*vals: str) -> pa.Table:
-        return pa.table({"message_id": pa.array(list(vals), pa.string())})
-
-    t = "x.events.enriched"
-    merged = merge_batches([
-        Batch(t, 0, [0, 1], [], table=tb("a", "b")),
-        Batch(t, 1, [4], [], table=tb("c")),
-        Batch(t, 0, [3], [], table=tb("d"), span=(2, 3)),  # 2 was undecodable
-        Batch(t, 0, [5, 6], [], table=tb("e", "f")),
-        Batch(t, 1, [5, 6], [], table=tb("g", "h"), meta={AGAIN: True}),  # a planned range keeps its own
-        Batch("x.sessions", 0, [9], [{"s": 1}], kind="sessions"),
-        Batch("x.sessions", 0, [10], [{"s": 2}], kind="sessions"),
-    ])
-    assert [b.token for b in merged] == [f"{t}/0/0-6", f"{t}/1/4-4", f"{t}/1/5-6", "x.sessions/0/9-10"]
-    assert merged[0].table.column("message_id").to_pylist() == ["a", "b", "d", "e", "f"]
-    assert list(merged[0].offsets) == [0, 1, 3, 5, 6] and len(merged[0]) == 5
-    assert merged[2].meta == {AGAIN: True} and merged[3].records == [{"s": 1}, {"s": 2}]

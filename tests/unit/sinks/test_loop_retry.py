@@ -322,9 +322,8 @@ def test_a_write_in_flight_lets_the_loop_go_on_and_is_committed_only_after_it_en
     loop._flush()  # the write starts on the writer thread; the loop is back at once
     assert loop._inflight is not None and not consumer.commits
     _add(loop, range(3, 6))  # consumed meanwhile
-    loop._flush()  # still writing: nothing committed, nothing else written; the next flush decoded
-    assert not consumer.commits and loop.batcher.rows == 0 and loop.buffered_rows == 3
-    assert loop._ahead and len(sink.written) == 0
+    loop._flush()  # still writing: nothing committed, nothing else started
+    assert not consumer.commits and loop.batcher.rows == 3
     sink.gate.set()
     _landed(loop)
     loop._flush()  # the first write is committed, then the next one starts
@@ -403,102 +402,6 @@ def test_an_assignment_waits_for_the_write_in_flight_and_keeps_a_failed_one_for_
     assert loop._inflight is None and not consumer.commits
     assert consumer.paused and len(loop.pending) == 1 and loop.pending[0].meta[AGAIN]
     assert loop.stats["write_failures"] == 1
-    loop._writer.shutdown()
-
-
-def test_the_next_flush_is_decoded_while_a_write_is_in_flight_and_written_after_it():
-    class Codec:
-        def __init__(self) -> None:
-            self.threads: set[str] = set()
-
-        def decode(self, v: bytes, topic: str) -> dict:
-            self.threads.add(threading.current_thread().name)
-            if v == b"bad":
-                raise ValueError("not Avro")
-            return {"v": v}
-
-    codec = Codec()
-    sink = GatedSink()
-    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=5)
-    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, sink, [], codecs={"events": codec})  # type: ignore[arg-type]
-    consumer = FakeConsumer()
-    loop._consumer = consumer  # type: ignore[assignment]
-    topic = "x.events.enriched"
-    now = time.monotonic()
-    loop.batcher.add_many(topic, 0, [0, 1, 2], [b"a", b"b", b"c"], "events", now)
-    loop._flush()  # written on the writer thread, held at the gate
-    loop.batcher.add_many(topic, 0, [3, 4], [b"d", b"bad"], "events", now)
-    loop._flush()  # not due yet (2 rows < 3): nothing taken
-    assert not loop._ahead and loop.batcher.rows == 2
-    loop.batcher.add_many(topic, 1, [7], [b"e"], "events", now)
-    loop._flush()  # due: cut and decoded now, while the first write waits
-    assert len(loop._ahead) == 1 and loop.batcher.rows == 0 and loop.buffered_rows == 3
-    loop.batcher.add_many(topic, 0, [5, 6, 8], [b"f", b"g", b"h"], "events", now)
-    loop._flush()  # due again while the write still waits: a second piece
-    assert len(loop._ahead) == 2 and loop.buffered_rows == 6
-    loop._ahead[0].result(10)
-    loop._ahead[1].result(10)
-    assert loop.stats["decode_errors"] == 1 and not consumer.commits and len(sink.written) == 0
-    sink.gate.set()
-    _landed(loop)
-    loop._flush()  # the first write committed; the decoded pieces start at once, as one batch per partition
-    _landed(loop)
-    loop._flush(force=True)
-    # the token spans the bad record (4), and both pieces of partition 0
-    assert sink.written == [[f"{topic}/0/0-2"], [f"{topic}/0/3-8", f"{topic}/1/7-7"]]
-    assert consumer.commits == [[(topic, 0, 3)], [(topic, 0, 9), (topic, 1, 8)]]
-    assert loop.stats["decode_errors"] == 1 and loop.stats["rows_written"] == 8 and loop.buffered_rows == 0
-    assert all(name.startswith("sink-decode") for name in codec.threads)
-    for pool in (loop._writer, loop._ahead_pool, loop._decode_pool):
-        pool.shutdown()
-
-
-def test_the_buffer_limit_counts_a_flush_decoded_ahead():
-    sink = GatedSink()
-    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=4, sink_retry_max_s=0.01)
-    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, sink, [], codecs={})  # type: ignore[arg-type]
-    consumer = FakeConsumer()
-    loop._consumer = consumer  # type: ignore[assignment]
-    _add(loop, range(3))
-    loop._flush()
-    _add(loop, range(3, 6))
-    loop._flush()  # decoded ahead: the batcher is empty, but 3 rows are still held
-    assert loop.batcher.rows == 0 and loop.buffered_rows == 3
-    loop._pause()
-    sink.gate.set()
-    _landed(loop)
-    loop._flush()  # the first write committed; 3 rows in flight, none buffered: consumption resumes
-    assert loop.buffered_rows == 0 and not consumer.paused
-    _landed(loop)
-    loop._flush(force=True)
-    assert consumer.commits == [[("x.events.enriched", 0, 3)], [("x.events.enriched", 0, 6)]]
-    loop._writer.shutdown()
-
-
-def test_a_revoke_after_a_failed_forced_flush_keeps_the_flush_decoded_ahead_of_the_kept_partitions():
-    sink = GatedSink(failures=1)
-    loop, consumer = _overlapping(sink)
-    for p in (0, 1):
-        for o in range(3):
-            loop.batcher.add("x.events.enriched", p, o, {"o": o}, "events", 0.0)
-    loop._flush()  # partitions 0 and 1, in flight (it will fail)
-    for p in (0, 1):
-        for o in range(3, 6):
-            loop.batcher.add("x.events.enriched", p, o, {"o": o}, "events", 0.0)
-    loop._flush()  # decoded ahead
-    assert loop._ahead
-    sink.gate.set()
-    loop._on_revoke(consumer, [Answer("x.events.enriched", 1, 0)])  # type: ignore[list-item]
-    # the write in flight failed, so the forced flush did too: partition 1 is dropped for its next owner,
-    # partition 0 keeps the failed batch and then the decoded one, in order
-    assert [(b.partition, b.first_offset, b.last_offset) for b in loop.pending] == [(0, 0, 2), (0, 3, 5)]
-    assert not loop._ahead and loop.buffered_rows == 0 and not consumer.commits
-    time.sleep(0.05)
-    loop._flush()
-    _landed(loop)
-    loop._flush()
-    assert sink.written == [["x.events.enriched/0/0-2", "x.events.enriched/0/3-5"]]
-    assert consumer.commits == [[("x.events.enriched", 0, 6)]]
     loop._writer.shutdown()
 
 
