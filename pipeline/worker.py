@@ -47,6 +47,13 @@ from trackflow.runtime import restart_in_place, tune_gc
 
 log = logging.getLogger("trackflow.pipeline")
 
+#: aiokafka's ``max_partition_fetch_bytes`` (Faust's ``consumer_max_fetch_size``, default 1 MiB).
+#: aiokafka fetches a partition again only once its previous fetch is consumed, so with 1 MiB
+#: (~3,000 raw events) a bare Faust agent waited on the broker between fetches: 7,164 events/s
+#: at 0.49 of a core, 12,800-14,300 with 16 MiB (``bench/pipeline/run.py``). The pass-through
+#: baseline uses the same value. At most this much per assigned partition is held at once.
+MAX_FETCH_BYTES = 16 * 1024 * 1024
+
 #: key of the per-partition applied-offset marker in the ``devices`` table (never a device key)
 APPLIED_KEY = b"\x00trackflow:applied"
 #: prefix of the expiry index in the ``seen`` databases: prefix + 13-digit expiry ms + NUL + key
@@ -682,6 +689,7 @@ def build_app(
         producer_linger_ms=20,
         producer_max_batch_size=1_000_000,
         stream_buffer_maxsize=8192,
+        consumer_max_fetch_size=MAX_FETCH_BYTES,
         table_standby_replicas=0,
     )
     raw_topic = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")

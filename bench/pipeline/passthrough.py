@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from pipeline.worker import Outputs, init_offsets, tune_gc
+from pipeline.worker import MAX_FETCH_BYTES, Outputs, init_offsets, tune_gc
 from trackflow.config import KafkaSettings
 
 
@@ -38,6 +38,7 @@ def main() -> None:
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
+        consumer_max_fetch_size=MAX_FETCH_BYTES,  # as the worker (see there)
     )
     out = Outputs(kafka)
     target = f"{kafka.topic_prefix}bench.passthrough"
