@@ -216,11 +216,45 @@ def insert_arrow(client: Client, table: str, data: Any, settings: dict[str, Any]
         f"{k} = '{str(v).translate(_SQL_STR_ESCAPES)}'" if isinstance(v, str) else f"{k} = {int(v)}"
         for k, v in settings.items()
     )
-    target = table if "." in table or not client.database else f"`{client.database}`.{table}"
+    target = _qualified(client, table)
     tf_arrow_rows = data  # noqa: F841 - read by chdb, which finds the table by this name in the calling frame
     sql = f"INSERT INTO {target} ({cols}) {'SETTINGS ' + pairs if pairs else ''} SELECT * FROM Python(tf_arrow_rows)"
     with handle.lock:
         handle.conn.query(sql, "TabSeparated")
+
+
+def _qualified(client: Client, table: str) -> str:
+    """``table`` with the client's database, for SQL run on the chdb handle (which has none set)."""
+    return table if "." in table or not client.database else f"`{client.database}`.{table}"
+
+
+def stored_event_ids(client: Client, ids: Any, apps: list[str], ids_table: str = "event_ids") -> list[tuple[Any, ...]]:
+    """``(app_id, message_id, _topic, _partition, _offset)`` of each stored event of ``apps`` whose
+    id is in ``ids`` (an Arrow string array), from ``ids_table``.
+
+    Embedded, chdb reads the ids from the Arrow array in memory (``Python()``, as
+    :func:`insert_arrow` does); through clickhouse-connect they go into the query text as one JSON
+    literal, which clickhouse-connect then scans (comments, ``LIMIT``) and chdb parses: for 200,000
+    ids against a million stored, 0.055-0.061 s instead of 0.113-0.129 s.
+    """
+    import pyarrow as pa
+
+    cols = "app_id, message_id, _topic, _partition, _offset"
+    handle = _chdb_handle(client)
+    if handle is None:
+        return [tuple(r) for r in client.query(
+            f"SELECT DISTINCT {cols} FROM {ids_table} WHERE app_id IN %(apps)s AND message_id IN "
+            + _ids_subquery(ids.to_pylist()),
+            parameters={"apps": tuple(apps)},
+            settings=_LOOKUP_SETTINGS,
+        ).result_rows]
+    in_apps = ", ".join(f"'{a.translate(_SQL_STR_ESCAPES)}'" for a in apps)
+    tf_lookup_ids = pa.table({"id": ids})  # noqa: F841 - read by chdb, which finds it by this name in this frame
+    sql = (f"SELECT DISTINCT {cols} FROM {_qualified(client, ids_table)} WHERE app_id IN ({in_apps}) "
+           "AND message_id IN (SELECT id FROM Python(tf_lookup_ids))")
+    with handle.lock:
+        found = handle.conn.query(sql, "ArrowTable")
+    return list(zip(*(c.to_pylist() for c in found.columns), strict=True))
 
 
 def _first_of_each(keys: list[Any]) -> list[int]:
@@ -298,12 +332,7 @@ def lookup_stored_events(
     ids = pc.unique(_strings([m.filter(h) for m, h in zip(mids, has, strict=True)]))
     ids = ids.take(pc.array_sort_indices(ids))
     apps = pc.unique(_strings([a.filter(h) for a, h in zip(app_ids, has, strict=True)]))
-    rows = client.query(
-        f"SELECT DISTINCT app_id, message_id, _topic, _partition, _offset FROM {ids_table} "
-        "WHERE app_id IN %(apps)s AND message_id IN " + _ids_subquery(ids.to_pylist()),
-        parameters={"apps": tuple(sorted(apps.to_pylist()))},
-        settings=_LOOKUP_SETTINGS,
-    ).result_rows
+    rows = stored_event_ids(client, ids, sorted(apps.to_pylist()), ids_table)
     if not rows and pc.count_distinct(everything).as_py() == len(everything):
         return unchanged  # nothing stored, no id twice in the flush: the common case, no row-level work
     earlier = _app_id_keys(pa.array([str(r[0]) for r in rows], pa.string()),

@@ -70,3 +70,25 @@ def test_a_failed_in_memory_insert_raises_and_stores_nothing(ch_client):
     with pytest.raises(Exception, match=r"app_id|[Cc]olumn"):
         insert_arrow(ch_client, "events", data.append_column("no_such_column", pa.array([1] * 10)), {})
     assert _count(ch_client, app) == 0
+
+
+def test_the_replay_lookup_finds_the_same_stored_ids_in_memory_as_through_the_query_text(ch_client, monkeypatch):
+    import sinks.clickhouse as chmod
+
+    app = f"emb-{uuid.uuid4().hex[:8]}'s"  # a quote in the app id
+    data = _rows(app, 2000)
+    insert_arrow(ch_client, "events", data, insert_settings("events", data, f"emb/{app}/0-1999"))
+    ids = pa.array([f"{app}-{i}" for i in range(1990, 2010)] + ["it's-not-stored"], pa.string())
+    found = sorted(chmod.stored_event_ids(ch_client, ids, [app, "other"]))
+    assert [(r[1], r[4]) for r in found] == sorted((f"{app}-{i}", i) for i in range(1990, 2000))
+    assert {(r[0], r[2], r[3]) for r in found} == {(app, f"emb.{app}", 0)}
+    monkeypatch.setattr(chmod, "_chdb_handle", lambda client: None)  # a server: ids in the query text
+    assert sorted(chmod.stored_event_ids(ch_client, ids, [app, "other"])) == found
+    assert chmod.stored_event_ids(ch_client, pa.array(["nope"], pa.string()), [app]) == []
+
+
+def test_a_replay_lookup_on_a_missing_table_raises(ch_client):
+    from sinks.clickhouse import stored_event_ids
+
+    with pytest.raises(Exception, match="(?i)table|exist"):
+        stored_event_ids(ch_client, pa.array(["x"], pa.string()), ["a"], ids_table="no_such_ids")
