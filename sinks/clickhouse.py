@@ -315,26 +315,27 @@ def lookup_stored_events(
     mids = [pc.fill_null(pc.cast(t.column("message_id"), pa.string()), "").combine_chunks() for t in tables]
     has = [pc.not_equal(m, "") for m in mids]
     app_ids = [pc.cast(t.column("app_id"), pa.string()).combine_chunks() for t in tables]
-    keys = [_app_id_keys(a, m) for a, m in zip(app_ids, mids, strict=True)]
+    keys: list[Any] = [None] * len(tables)  # made only when rows need comparing (not the common case)
     firsts: list[Any] = []
-    for t, m, k in zip(tables, mids, keys, strict=True):
+    for i, (t, m) in enumerate(zip(tables, mids, strict=True)):
         if _distinct(m):
             firsts.append(None)  # no repeat, no empty id: every row is the first of its key
         else:
+            keys[i] = _app_id_keys(app_ids[i], m)
             first = [False] * t.num_rows
-            for i in _first_of_each([x if y else None for x, y in zip(k.to_pylist(), m.to_pylist(), strict=True)]):
-                first[i] = True
+            for j in _first_of_each([x if y else None for x, y in zip(keys[i].to_pylist(), m.to_pylist(), strict=True)]):
+                first[j] = True
             firsts.append(pa.array(first, pa.bool_()))
-    everything = _strings([k.filter(h) for k, h in zip(keys, has, strict=True)])
     unchanged: tuple[list[Any], list[Any | None]] = (list(tables), [None] * len(tables))
-    if not len(everything):
+    with_id = sum(pc.sum(h).as_py() or 0 for h in has)
+    if not with_id:
         return unchanged
     ids = pc.unique(_strings([m.filter(h) for m, h in zip(mids, has, strict=True)]))
-    ids = ids.take(pc.array_sort_indices(ids))
     apps = pc.unique(_strings([a.filter(h) for a, h in zip(app_ids, has, strict=True)]))
     rows = stored_event_ids(client, ids, sorted(apps.to_pylist()), ids_table)
-    if not rows and pc.count_distinct(everything).as_py() == len(everything):
+    if not rows and len(ids) == with_id:
         return unchanged  # nothing stored, no id twice in the flush: the common case, no row-level work
+    keys = [k if k is not None else _app_id_keys(a, m) for k, a, m in zip(keys, app_ids, mids, strict=True)]
     earlier = _app_id_keys(pa.array([str(r[0]) for r in rows], pa.string()),
                            pa.array([str(r[1]) for r in rows], pa.string()))
     at = _positions(earlier, pa.array([f"{r[2]}/{r[3]}/{r[4]}" for r in rows], pa.string()))

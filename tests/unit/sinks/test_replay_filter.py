@@ -52,7 +52,7 @@ def test_message_ids_are_escaped_into_the_query_text():
     (sql, _), = client.queries
     # JSON first ("\\" for a backslash), then the SQL string literal ("\\\\", "\\'"), then "%%" for the
     # client's %-binding of the other parameters
-    assert """'["100%%s","back\\\\\\\\slash","it\\'s"]'""" in sql
+    assert """'["it\\'s","back\\\\\\\\slash","100%%s"]'""" in sql  # in the batch's order
 
 
 def test_a_same_message_id_in_another_app_is_not_a_duplicate():
