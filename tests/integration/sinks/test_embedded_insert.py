@@ -90,5 +90,5 @@ def test_the_replay_lookup_finds_the_same_stored_ids_in_memory_as_through_the_qu
 def test_a_replay_lookup_on_a_missing_table_raises(ch_client):
     from sinks.clickhouse import stored_event_ids
 
-    with pytest.raises(Exception, match="(?i)table|exist"):
+    with pytest.raises(Exception, match=r"(?i)table|exist"):
         stored_event_ids(ch_client, pa.array(["x"], pa.string()), ["a"], ids_table="no_such_ids")
