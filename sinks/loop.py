@@ -48,6 +48,44 @@ FULL_WAIT_S = 1.0
 CONSUME_BATCH = 10_000
 
 
+def consumer_config(kafka: KafkaSettings, settings: SinkSettings) -> dict[str, Any]:
+    """The sink consumer's librdkafka configuration (also read by ``bench/sink/consume.py``)."""
+    return {
+        **kafka.client_config(),
+        "group.id": settings.group_id(kafka.topic_prefix),
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "session.timeout.ms": settings.sink_session_timeout_ms,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        # once a partition's local queue holds queued.min.messages (100k), librdkafka postpones
+        # its next fetch by this long (default 1 s): with the sink busy inserting, the queue
+        # ran dry and reading stalled, capping reads at 220k-400k records/s where 10 ms gives
+        # 1.3-1.9M (bench/sink/consume.py); memory stays bounded by queued.max.messages.kbytes
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+    }
+
+
+def group_runs(msgs: Sequence[Any]) -> dict[tuple[str, int], tuple[list[int], list[Any], tuple[int, int]]]:
+    """The messages of one ``consume`` call per partition: ``(offsets, values, timestamp of the
+    first)``, in the order read. Errors are logged (end of partition silently) and left out."""
+    runs: dict[tuple[str, int], tuple[list[int], list[Any], tuple[int, int]]] = {}
+    for m in msgs:
+        err = m.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+            continue
+        tp = (m.topic(), m.partition())
+        run = runs.get(tp)
+        if run is None:
+            run = runs[tp] = ([], [], m.timestamp())
+        run[0].append(m.offset())
+        run[1].append(m.value())
+    return runs
+
+
 class SinkLoop:
     """Consumes the enriched, sessions, invalid and FX topics into the sinks.
 
@@ -104,21 +142,7 @@ class SinkLoop:
     # -- Kafka plumbing --------------------------------------------------------------------
 
     def _make_consumer(self) -> Consumer:
-        return Consumer({
-            **self.kafka.client_config(),
-            "group.id": self.settings.group_id(self.kafka.topic_prefix),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            "session.timeout.ms": self.settings.sink_session_timeout_ms,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
-            # once a partition's local queue holds queued.min.messages (100k), librdkafka postpones
-            # its next fetch by this long (default 1 s): with the sink busy inserting, the queue
-            # ran dry and reading stalled, capping reads at 220k-400k records/s where 10 ms gives
-            # 1.3-1.9M (bench/sink/consume.py); memory stays bounded by queued.max.messages.kbytes
-            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-        })
+        return Consumer(consumer_config(self.kafka, self.settings))
 
     def _committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[tuple[str, int], int]:
         """The group's committed offset per partition, only where the broker answered without error.
@@ -191,20 +215,7 @@ class SinkLoop:
                 msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=timeout)
                 now, wall = time.monotonic(), time.time()
                 self.backlog = len(msgs) >= CONSUME_BATCH
-                runs: dict[tuple[Any, Any], tuple[list[Any], list[Any], Any]] = {}
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error: %s", err)
-                        continue
-                    tp = (m.topic(), m.partition())
-                    run = runs.get(tp)
-                    if run is None:
-                        run = runs[tp] = ([], [], m.timestamp())
-                    run[0].append(m.offset())
-                    run[1].append(m.value())
-                for (topic, partition), (offsets, values, (ts_type, ts)) in runs.items():
+                for (topic, partition), (offsets, values, (ts_type, ts)) in group_runs(msgs).items():
                     kind = self.kinds.get(topic)
                     if kind is not None:  # decoded per batch
                         written = None

@@ -2,8 +2,8 @@
 (1000 ms) and with the sink's own (``sinks.loop.FETCH_QUEUE_BACKOFF_MS``).
 
 Pre-fills a 4-partition topic with N enriched events (as ``bench/sink/run.py`` does), then reads it
-all from offset 0 with ``consume(10_000)`` and the sink's per-message grouping loop, alternating the
-two settings: records/s, process CPU per record, and the ratio of the sink's setting to the default.
+all from offset 0 with the sink's consumer configuration (``sinks.loop.consumer_config``) and its
+grouping of each ``consume`` call (``sinks.loop.group_runs``), alternating the two settings: records/s, process CPU per record, and the ratio of the sink's setting to the default.
 
 Usage: ``.venv/bin/python bench/sink/consume.py [--events 500000] [--rounds 2]``; needs Kafka
 (``trackflow stack up``).
@@ -22,27 +22,28 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def read_all(bootstrap: str, topic: str, n: int, extra: dict) -> tuple[float, float]:
-    """Records/s and CPU µs per record to read ``n`` records of ``topic`` from offset 0."""
+def read_all(bootstrap: str, topic: str, n: int, backoff_ms: int | None) -> tuple[float, float]:
+    """Records/s and CPU µs per record to read ``n`` records of ``topic`` from offset 0, with the
+    sink's consumer configuration and its grouping of each ``consume`` call; ``backoff_ms`` is
+    ``fetch.queue.backoff.ms`` (``None``: librdkafka's default)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from sinks.loop import CONSUME_BATCH
+    from sinks.loop import CONSUME_BATCH, consumer_config, group_runs
+    from sinks.settings import SinkSettings
+    from trackflow.config import KafkaSettings
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.max.bytes": 64 * 1024 * 1024,
-                  "queued.max.messages.kbytes": 256 * 1024, **extra})
+    conf = {**consumer_config(KafkaSettings(kafka_bootstrap=bootstrap), SinkSettings()),
+            "group.id": f"bench-{uuid.uuid4().hex}"}
+    if backoff_ms is None:
+        del conf["fetch.queue.backoff.ms"]
+    else:
+        conf["fetch.queue.backoff.ms"] = backoff_ms
+    c = Consumer(conf)
     c.assign([TopicPartition(topic, p, 0) for p in range(4)])
     got = 0
     t, cpu = time.monotonic(), time.process_time()
     while got < n:
-        runs: dict[tuple[str, int], tuple[list[int], list[bytes]]] = {}
-        for m in c.consume(num_messages=CONSUME_BATCH, timeout=1):
-            if m.error() is not None:
-                continue
-            run = runs.setdefault((m.topic(), m.partition()), ([], []))
-            run[0].append(m.offset())
-            run[1].append(m.value())
-            got += 1
+        got += sum(len(offsets) for offsets, _, _ in group_runs(c.consume(num_messages=CONSUME_BATCH, timeout=1)).values())
     rate, cpu_us = n / (time.monotonic() - t), (time.process_time() - cpu) / n * 1e6
     c.close()
     return rate, cpu_us
@@ -68,8 +69,8 @@ def main() -> None:
         produce(bootstrap, topic, make_records(args.events, int(time.time() * 1000)))
         default, ours = [], []
         for _ in range(args.rounds):
-            default.append(read_all(bootstrap, topic, args.events, {}))
-            ours.append(read_all(bootstrap, topic, args.events, {"fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}))
+            default.append(read_all(bootstrap, topic, args.events, None))
+            ours.append(read_all(bootstrap, topic, args.events, FETCH_QUEUE_BACKOFF_MS))
         for label, runs in (("librdkafka default (1000 ms)", default), (f"sink ({FETCH_QUEUE_BACKOFF_MS} ms)", ours)):
             print(f"fetch.queue.backoff.ms {label}: "
                   + ", ".join(f"{r:,.0f} records/s ({c:.2f} us CPU)" for r, c in runs))

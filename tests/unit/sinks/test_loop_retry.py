@@ -297,8 +297,9 @@ class GatedSink(FlakySink):
         super().write(batches)
 
 
-def _overlapping(sink: GatedSink) -> tuple[SinkLoop, FakeConsumer]:
-    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=100, sink_retry_max_s=0.01)
+def _overlapping(sink: GatedSink, max_buffer_rows: int = 100) -> tuple[SinkLoop, FakeConsumer]:
+    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=max_buffer_rows,
+                            sink_retry_max_s=0.01)
     loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, sink, [], codecs={})  # type: ignore[arg-type]
     consumer = FakeConsumer()
     loop._consumer = consumer  # type: ignore[assignment]
@@ -410,10 +411,7 @@ def test_a_full_buffer_waits_for_the_write_in_flight_instead_of_pausing(monkeypa
 
     monkeypatch.setattr(sinks.loop, "FULL_WAIT_S", 0.5)
     sink = GatedSink()
-    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=4)
-    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, sink, [], codecs={})  # type: ignore[arg-type]
-    consumer = FakeConsumer()
-    loop._consumer = consumer  # type: ignore[assignment]
+    loop, consumer = _overlapping(sink, max_buffer_rows=4)
     _add(loop, range(3))
     loop._flush()
     _add(loop, range(3, 8))  # 5 rows buffered, over the limit of 4, while the write waits
@@ -430,10 +428,7 @@ def test_a_full_buffer_pauses_when_the_write_in_flight_takes_longer_than_the_wai
 
     monkeypatch.setattr(sinks.loop, "FULL_WAIT_S", 0.05)
     sink = GatedSink()
-    settings = SinkSettings(sink_batch_rows=3, sink_batch_age_s=60, sink_max_buffer_rows=4)
-    loop = SinkLoop(KafkaSettings(topic_prefix="x."), settings, sink, [], codecs={})  # type: ignore[arg-type]
-    consumer = FakeConsumer()
-    loop._consumer = consumer  # type: ignore[assignment]
+    loop, consumer = _overlapping(sink, max_buffer_rows=4)
     _add(loop, range(3))
     loop._flush()
     _add(loop, range(3, 5))
