@@ -36,6 +36,7 @@ from typing import IO, Any, cast
 import orjson
 
 from pipeline.exceptions import PipelineError
+from pipeline.fastpath import event_batches, install_fast_drain
 from pipeline.fx import RateTable, parse_hour
 from pipeline.process import Processor, Result
 from pipeline.settings import PipelineSettings
@@ -540,7 +541,9 @@ def ensure_topics(kafka: KafkaSettings, topics: Topics) -> int:
         time.sleep(0.2)
 
 
-def committed_positions(consumer: Any, topic: str, partitions: list[int], attempts: int = COMMITTED_ATTEMPTS) -> dict[int, tuple[int, bool]]:
+def committed_positions(
+    consumer: Any, topic: str, partitions: list[int], attempts: int = COMMITTED_ATTEMPTS
+) -> dict[int, tuple[int, bool]]:
     """Where the group of a confluent ``consumer`` resumes on ``partitions`` of ``topic``.
 
     Returns ``{partition: (offset, committed)}``: the committed offset, or the low watermark
@@ -761,6 +764,7 @@ def build_app(
             log.warning("frontier of %s unreadable: its commit waits", tp, exc_info=True)
             return -1
 
+    install_fast_drain(app.consumer)
     # before the first assignment: its seek must already be the guarded one
     sought = _guard_offsets(
         app.consumer,
@@ -795,39 +799,40 @@ def build_app(
         )._committed_offset  # Faust's: the next offset to read, per partition
         if not fx.ready.is_set():
             await asyncio.to_thread(fx.ready.wait, settings.fx_wait_s)
-        async for event in _with_test_wedge(stream.events()):
+        async for batch in _with_test_wedge(event_batches(stream)):
             if fx.queue:
                 fx.drain(rates)
-            msg = event.message
-            partition = state.partition = msg.partition
-            offset = positions[partition] = msg.offset
-            done = state.frontier(partition, committed.get(msg.tp))
-            if offset <= done:
-                proc.counters["replay_skipped"] += 1  # its state and outputs are stored already
-                continue
-            if offset > done + 1:
-                # the consumer skipped records (Faust/aiokafka after a seek or a rebalance):
-                # process strictly in order, so the state never gets ahead of the frontier;
-                # refill_holes seeks back to the first missing record
-                proc.counters["hole_skipped"] += 1
-                holes.setdefault(msg.tp, done + 1)
-                continue
-            state.advance(partition, offset)
-            now = int(time.time() * 1000)
-            res = proc.process_bytes(
-                raw_codec, event.value, pos=(partition, msg.offset), topic=msg.topic, now=now
-            )
-            emit(res)
-            if res.device_key is not None:
-                if res.session_open:
-                    open_sessions[res.device_key] = (partition, res.session_deadline)
-                else:
-                    open_sessions.pop(res.device_key, None)
-            if res.seen_key is not None and res.seen_expires is not None:
-                state.index_expiry(res.seen_expires, res.seen_key)
-            if res.clock and res.clock >= next_sweep.get(partition, 0):
-                next_sweep[partition] = res.clock + 1000  # at most once per second of event time
-                state.sweep(res.clock)
+            for event in batch:
+                msg = event.message
+                partition = state.partition = msg.partition
+                offset = positions[partition] = msg.offset
+                done = state.frontier(partition, committed.get(msg.tp))
+                if offset <= done:
+                    proc.counters["replay_skipped"] += 1  # its state and outputs are stored already
+                    continue
+                if offset > done + 1:
+                    # the consumer skipped records (Faust/aiokafka after a seek or a rebalance):
+                    # process strictly in order, so the state never gets ahead of the frontier;
+                    # refill_holes seeks back to the first missing record
+                    proc.counters["hole_skipped"] += 1
+                    holes.setdefault(msg.tp, done + 1)
+                    continue
+                state.advance(partition, offset)
+                now = int(time.time() * 1000)
+                res = proc.process_bytes(
+                    raw_codec, event.value, pos=(partition, msg.offset), topic=msg.topic, now=now
+                )
+                emit(res)
+                if res.device_key is not None:
+                    if res.session_open:
+                        open_sessions[res.device_key] = (partition, res.session_deadline)
+                    else:
+                        open_sessions.pop(res.device_key, None)
+                if res.seen_key is not None and res.seen_expires is not None:
+                    state.index_expiry(res.seen_expires, res.seen_key)
+                if res.clock and res.clock >= next_sweep.get(partition, 0):
+                    next_sweep[partition] = res.clock + 1000  # at most once per second of event time
+                    state.sweep(res.clock)
 
     @app.timer(interval=settings.session_timer_interval_s)  # type: ignore[untyped-decorator]
     async def close_idle_sessions() -> None:
@@ -1034,28 +1039,28 @@ def _dump_state(file: IO[str]) -> None:
     cry(file=file)
 
 
-def _with_test_wedge(events: Any) -> Any:
-    """Test hook: with ``TRACKFLOW_PIPELINE_TEST_WEDGE=FILE`` the agent stops for good after 200
-    events, once: only while FILE does not exist yet (it is created), so the restarted worker runs
-    normally. Stands in for Faust's fetch loop stopping after a broker restart. Without it,
-    ``events`` as they are (nothing added to the agent's loop)."""
+def _with_test_wedge(batches: Any) -> Any:
+    """Test hook: with ``TRACKFLOW_PIPELINE_TEST_WEDGE=FILE`` the agent stops for good once it has
+    been handed 200 events (at the end of that batch), once: only while FILE does not exist yet (it
+    is created), so the restarted worker runs normally. Stands in for Faust's fetch loop stopping
+    after a broker restart. Without it, ``batches`` as they are (nothing added to the agent's loop)."""
     marker = os.environ.get("TRACKFLOW_PIPELINE_TEST_WEDGE")
     if not marker:
-        return events
+        return batches
     try:
         with open(marker, "x"):
             pass
     except FileExistsError:
-        return events
+        return batches
 
     async def wedged() -> Any:
         n = 0
-        async for event in events:
-            if n == 200:
+        async for batch in batches:
+            if n >= 200:
                 log.error("TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here for good")
                 await asyncio.Event().wait()
-            n += 1
-            yield event
+            n += len(batch)
+            yield batch
 
     return wedged()
 
@@ -1194,8 +1199,24 @@ def _guard_offsets(
         del acked[:taken]
         return end
 
+    pending_acks = consumer._filter_tps_with_pending_acks
+
+    def committable_tps(topics: Any = None) -> Any:
+        # Faust commits only partitions holding acknowledgements; the agent acknowledges nothing
+        # (pipeline.fastpath.event_batches), so with ``processed`` every assigned raw partition
+        # is a candidate and its frontier decides
+        tps = set(pending_acks(topics))
+        if processed is not None:
+            tps.update(
+                tp
+                for tp in consumer.assignment()
+                if tp.topic == topic and (topics is None or tp in topics or tp.topic in topics)
+            )
+        return iter(tps)
+
     consumer._add_gap = guarded_gap
     consumer._new_offset = strict_new_offset
+    consumer._filter_tps_with_pending_acks = committable_tps
     if resume is not None and known is not None:
         seek_to_committed = consumer.seek_to_committed
 

@@ -40,8 +40,14 @@ def run(n: int, rate: float, late_max: int) -> tuple[float, int, int]:
         t = T0 + int(i * 1000 / rate)  # the device's clock and the wall clock move together
         raw = dict(base)
         raw.update(
-            message_id=f"m{i}", type="track", event="level_up", app_id="a1", anonymous_id="dev1",
-            received_at=t, timestamp=str(t), sent_at=None,
+            message_id=f"m{i}",
+            type="track",
+            event="level_up",
+            app_id="a1",
+            anonymous_id="dev1",
+            received_at=t,
+            timestamp=str(t),
+            sent_at=None,
             properties=orjson.dumps({"level": i, "score": i * 7}).decode(),
         )
         start = time.perf_counter()

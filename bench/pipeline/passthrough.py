@@ -3,28 +3,36 @@
 Same Faust settings, the same librdkafka output path (producer flushed before every commit) and
 the same garbage-collector tuning as ``trackflow worker``, but the agent only forwards each raw
 record to ``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
+
+By default it is the textbook agent (``async for event in stream.events()``) on Faust's own fetch
+loop: the framework's limit. With ``--fast`` it reads its events the way the worker does
+(:mod:`pipeline.fastpath`: the fetch loop without ``wait_first`` per record, and batches taken
+straight from the channel's queue), which shows the limit of the worker's own consumption path.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from pipeline.worker import MAX_FETCH_BYTES, Outputs, init_offsets, tune_gc
+from pipeline.fastpath import event_batches, install_fast_drain
+from pipeline.worker import MAX_FETCH_BYTES, Outputs, _guard_offsets, init_offsets, tune_gc
 from trackflow.config import KafkaSettings
 
 
 def main() -> None:
     kafka = KafkaSettings()
     topics = kafka.topics
-    app_id = f"{kafka.topic_prefix}passthrough"
+    fast = "--fast" in sys.argv[1:]
+    app_id = f"{kafka.topic_prefix}passthrough{'-fast' if fast else ''}"
     init_offsets(kafka, app_id, topics.raw)
     # the benchmark's own folder, not the current directory (Faust's default)
-    datadir = Path(os.environ.get("TRACKFLOW_HOME", tempfile.gettempdir())) / "passthrough-data"
+    datadir = Path(os.environ.get("TRACKFLOW_HOME", tempfile.gettempdir())) / f"{app_id}-data"
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         app_id,
@@ -51,11 +59,26 @@ def main() -> None:
     app.producer.flush = flush  # type: ignore[method-assign]
     raw = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
 
-    @app.agent(raw, concurrency=1)
-    async def passthrough(stream: Any) -> None:
-        async for event in stream.events():
-            out.send(target, event.key or b"", event.value)
+    if fast:
+        install_fast_drain(app.consumer)
+        done: dict[Any, int] = {}  # raw partition -> the offset after the last record forwarded
+        # it acknowledges nothing either, so commits follow what it forwarded, as the worker's frontier
+        _guard_offsets(app.consumer, topics.raw, processed=done.get)
 
+        @app.agent(raw, concurrency=1)
+        async def passthrough_fast(stream: Any) -> None:
+            async for batch in event_batches(stream):
+                for event in batch:
+                    out.send(target, event.key or b"", event.value)
+                    done[event.message.tp] = event.message.offset + 1
+    else:
+
+        @app.agent(raw, concurrency=1)
+        async def passthrough(stream: Any) -> None:
+            async for event in stream.events():
+                out.send(target, event.key or b"", event.value)
+
+    sys.argv[1:] = []  # Faust's command line parses argv
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     tune_gc()  # as the worker does
     worker.execute_from_commandline()

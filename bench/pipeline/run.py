@@ -1,5 +1,9 @@
 """Pipeline benchmark: events/s through one worker, a bare Faust pass-through, and two workers.
 
+Two baselines: the textbook pass-through agent on Faust's own fetch loop (the framework's limit,
+the one the targets name), and the same agent on the worker's consumption path
+(``passthrough.py --fast``, :mod:`pipeline.fastpath`), which shows what the worker's own work costs.
+
 Traffic: pipeline.traffic.generate (about 70% track, 15% screen, 10% heartbeat, 5% identify,
 revenue on 3%, duplicates on 2%, invalid on 1%), pre-filled into a fresh raw topic. Each run is
 measured from the group's committed offsets: rate = events committed after the first commit /
@@ -9,8 +13,8 @@ Peak RSS (VmHWM) is printed per process. ``--rocksdb-baseline`` adds one worker 
 memory defaults (the A/B of the state tables' memory budget); ``--profile FILE`` runs the one-worker
 case under pyinstrument.
 
-Run: ``.venv/bin/python bench/pipeline/run.py [--events 60000] [--rocksdb-baseline] [--profile FILE]``
-(needs Kafka; ~2 minutes).
+Run: ``.venv/bin/python bench/pipeline/run.py [--events 200000] [--rocksdb-baseline] [--profile FILE]``
+(needs Kafka; ~3 minutes).
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ def pure_cost(n: int = 20000) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--events", type=int, default=60000)
+    ap.add_argument("--events", type=int, default=200000)
     ap.add_argument("--devices", type=int, default=5000)
     ap.add_argument(
         "--rocksdb-baseline",
@@ -201,6 +205,19 @@ def main() -> None:
             f"  {base:,.0f} events/s wall; {base_cpu:.0f} us CPU/event -> {1e6 / base_cpu:,.0f} events/s per busy core;"
             f" peak RSS {base_rss[0]:.0f} MB"
         )
+        print("pass-through on the worker's consumption path (pipeline.fastpath; same topic, own group):")
+        fast, fast_cpu, fast_rss = measure(
+            [[sys.executable, str(Path(__file__).with_name("passthrough.py")), "--fast"]],
+            env,
+            kafka,
+            f"{kafka.topic_prefix}passthrough-fast",
+            n,
+            log,
+        )
+        print(
+            f"  {fast:,.0f} events/s wall; {fast_cpu:.0f} us CPU/event -> {1e6 / fast_cpu:,.0f} events/s per busy core;"
+            f" peak RSS {fast_rss[0]:.0f} MB"
+        )
         print("one worker (same topic, own group):")
         worker = ["worker", "--name", "b1", "--loglevel", "warning"]
         if args.profile:
@@ -218,6 +235,9 @@ def main() -> None:
             f"  {one:,.0f} events/s wall = {one / base:.0%} of pass-through; {one_cpu:.0f} us CPU/event -> "
             f"{1e6 / one_cpu:,.0f} events/s per busy core = {base_cpu / one_cpu:.0%} of pass-through;"
             f" peak RSS {one_rss[0]:.0f} MB"
+        )
+        print(
+            f"  = {one / fast:.0%} of the pass-through on the worker's consumption path ({fast_cpu / one_cpu:.0%} CPU)"
         )
         if args.rocksdb_baseline:
             print("one worker with Faust's RocksDB defaults (fresh topic and state):")
@@ -257,7 +277,8 @@ def main() -> None:
         print(f"load average at end: {os.getloadavg()[0]:.1f}")
         print(
             f"\nsummary: worker {one:,.0f}/s, pass-through {base:,.0f}/s, ratio {one / base:.0%} wall / "
-            f"{base_cpu / one_cpu:.0%} CPU; 2 workers {two:,.0f}/s ({two / one:.2f}x)"
+            f"{base_cpu / one_cpu:.0%} CPU; pass-through on the worker's path {fast:,.0f}/s, ratio {one / fast:.0%}; "
+            f"2 workers {two:,.0f}/s ({two / one:.2f}x)"
         )
         for pfx in (kafka.topic_prefix, kafka2.topic_prefix):
             _cleanup(kafka, pfx)

@@ -42,6 +42,10 @@ class FakeConsumer:
     def _new_offset(self, tp: Any) -> int | None:
         return -999  # marks "Faust's own computation was used"
 
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Any:
+        # Faust's: the partitions holding acknowledgements are the commit's candidates
+        return (tp for tp in self._acked if topics is None or tp in topics or tp.topic in topics)
+
     def ack(self, tp: Any, *offsets: int) -> None:
         for o in offsets:
             self._acked[tp].append(o)
@@ -139,6 +143,24 @@ def test_a_record_processed_in_order_but_never_acknowledged_does_not_hold_the_co
     assert c._new_offset(other) == 10
     frontier[other] = -1  # nothing processed yet
     assert c._new_offset(other) is None
+
+
+def test_every_assigned_raw_partition_is_a_commit_candidate_without_acknowledgements() -> None:
+    # the agent acknowledges nothing (pipeline.fastpath.event_batches): Faust alone would never
+    # look at a raw partition, since it commits only partitions holding acknowledgements
+    c = FakeConsumer()
+    raw0, raw1, other = TP(RAW, 0), TP(RAW, 1), TP("tf.other", 0)
+    c.highwaters = {raw0: 50, raw1: 50, other: 5}
+    c.ack(other, 0)
+    assert set(c._filter_tps_with_pending_acks()) == {other}
+    _guard_offsets(c, RAW, processed=lambda t: 10)
+    assert set(c._filter_tps_with_pending_acks()) == {raw0, raw1, other}
+    assert set(c._filter_tps_with_pending_acks({RAW})) == {raw0, raw1}
+    assert set(c._filter_tps_with_pending_acks({other})) == {other}
+    plain = FakeConsumer()  # without a frontier, acknowledgements decide as in Faust
+    plain.highwaters = {raw0: 50}
+    _guard_offsets(plain, RAW)
+    assert set(plain._filter_tps_with_pending_acks()) == set()
 
 
 def test_re_acknowledged_offsets_below_the_commit_are_dropped() -> None:

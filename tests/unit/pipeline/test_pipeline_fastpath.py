@@ -1,0 +1,159 @@
+"""The worker's cheaper path through Faust (pipeline.fastpath), on mode's real queues and flow control.
+
+The whole path runs against the broker in every worker integration test (tests/integration/pipeline);
+these pin its decisions: when a record may be delivered without Faust's ``wait_first``, how an agent's
+events are batched, and which events a batch leaves out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+from pipeline import fastpath
+
+
+def _message(generation: int, offset: int = 0) -> Any:
+    return SimpleNamespace(generation_id=generation, offset=offset, topic="raw")
+
+
+def _event(generation: int, offset: int = 0) -> Any:
+    return SimpleNamespace(message=_message(generation, offset))
+
+
+class _Stream:
+    """The attributes of a Faust stream that :func:`fastpath.event_batches` reads."""
+
+    def __init__(self, maxsize: int = 100) -> None:
+        self.flow = FlowControlEvent(initially_suspended=False)
+        self.app = SimpleNamespace(flow_control=self.flow, consumer_generation_id=1)
+        self.channel = SimpleNamespace(queue=ThrowableQueue(maxsize=maxsize, flow_control=self.flow))
+        self.started = False
+
+    async def maybe_start(self) -> None:
+        self.started = True
+
+
+def _take(stream: _Stream, batches: int, max_batch: int = fastpath.MAX_BATCH) -> list[list[Any]]:
+    async def run() -> list[list[Any]]:
+        it = fastpath.event_batches(stream, max_batch=max_batch)
+        out = [await asyncio.wait_for(it.__anext__(), 1.0) for _ in range(batches)]
+        await it.aclose()
+        return out
+
+    return asyncio.run(run())
+
+
+def test_every_queued_event_comes_in_batches_of_at_most_max_batch_in_queue_order() -> None:
+    s = _Stream()
+    for i in range(10):
+        s.channel.queue.put_nowait(_event(1, i))
+    got = _take(s, 3, max_batch=4)
+    assert s.started
+    assert [[e.message.offset for e in b] for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_events_of_an_earlier_rebalance_generation_are_left_out() -> None:
+    s = _Stream()
+    s.app.consumer_generation_id = 3
+    for i, gen in enumerate([2, 3, 2, 3]):
+        s.channel.queue.put_nowait(_event(gen, i))
+    (batch,) = _take(s, 1)
+    assert [e.message.offset for e in batch] == [1, 3]
+
+
+def test_a_batch_taken_while_the_flow_is_suspended_is_dropped() -> None:
+    s = _Stream()
+    s.channel.queue.put_nowait(_event(1, 0))
+    s.flow.suspend()  # a rebalance in progress: the partitions are read again from the commit
+
+    async def run() -> list[Any]:
+        it = fastpath.event_batches(s)
+        task = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.05)
+        assert not task.done()  # the suspended batch was not handed over
+        s.flow.resume()
+        s.channel.queue.put_nowait(_event(1, 1))
+        batch: list[Any] = await asyncio.wait_for(task, 1.0)
+        await it.aclose()
+        return batch
+
+    assert [e.message.offset for e in asyncio.run(run())] == [1]
+
+
+def test_an_agent_waits_for_its_first_event_without_spinning() -> None:
+    s = _Stream()
+
+    async def run() -> tuple[bool, list[Any]]:
+        it = fastpath.event_batches(s)
+        task = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0.05)
+        waited = not task.done()
+        s.channel.queue.put_nowait(_event(1, 7))
+        batch: list[Any] = await asyncio.wait_for(task, 1.0)
+        await it.aclose()
+        return waited, batch
+
+    waited, batch = asyncio.run(run())
+    assert waited and [e.message.offset for e in batch] == [7]
+
+
+def _delivery_case(**over: Any) -> tuple[Any, Any]:
+    flow = FlowControlEvent(initially_suspended=False)
+    queue = ThrowableQueue(maxsize=2, flow_control=flow)
+    app = SimpleNamespace(
+        flow_control=flow, topics=SimpleNamespace(_topic_name_index={"raw": [SimpleNamespace(queue=queue)]})
+    )
+    consumer = SimpleNamespace(flow_active=True, suspend_flow=asyncio.Event())
+    for name, value in over.items():
+        if name == "queued":
+            for i in range(value):
+                queue.put_nowait(i)
+        elif name == "suspended_flow_control":
+            flow.suspend()
+        elif name == "suspend_flow":
+            consumer.suspend_flow.set()
+        else:
+            setattr(consumer, name, value)
+    return app, consumer
+
+
+@pytest.mark.parametrize(
+    ("case", "direct"),
+    [
+        ({}, True),
+        ({"queued": 1}, True),  # room left in the channel's queue
+        ({"queued": 2}, False),  # full: the conductor would await room
+        ({"flow_active": False}, False),  # the consumer's flow stopped (a rebalance)
+        ({"suspend_flow": True}, False),
+        ({"suspended_flow_control": True}, False),  # the conductor would await the resume
+    ],
+)
+def test_a_record_is_delivered_directly_only_when_its_delivery_cannot_wait(
+    case: dict[str, Any], direct: bool
+) -> None:
+    app, consumer = _delivery_case(**case)
+    assert fastpath._can_deliver_now(app, consumer, "raw") is direct
+    assert fastpath._can_deliver_now(app, consumer, "a topic no channel reads") is (
+        direct or "queued" in case
+    )
+
+
+def test_another_faust_version_keeps_its_own_fetch_loop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = SimpleNamespace(_drain_messages="faust's own")
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "9.9.9")
+    assert fastpath.install_fast_drain(consumer) is False
+    assert consumer._drain_messages == "faust's own"
+    assert "faust-streaming 9.9.9: keeping its own fetch loop" in caplog.text
+
+
+def test_the_installed_faust_gets_the_fast_fetch_loop() -> None:
+    consumer = SimpleNamespace(_drain_messages="faust's own")
+    assert fastpath.install_fast_drain(consumer) is True
+    assert consumer._drain_messages != "faust's own" and asyncio.iscoroutinefunction(consumer._drain_messages)
