@@ -49,6 +49,10 @@ class PipelineSettings(BaseSettings):
         metrics_port: serve Prometheus counters on this port (0: off).
         stall_s: a raw partition with unread records and no progress for this long is re-read
             from its committed offset (0: never).
+        fast_fetch_loop: hand records to the agent through :mod:`pipeline.fastpath`'s fetch loop
+            (default); ``false`` keeps Faust's own loop, which costs ~35 µs more per event (a
+            switch for ruling the fast loop out when diagnosing). The agent takes its events in
+            batches either way.
         stall_restart_s: the worker restarts itself in place (same process id, a fresh
             interpreter: what a SIGKILL and a restart would do) when, with the broker reachable, a
             raw partition has made no progress for this long despite the re-reads, or a rebalance
@@ -94,6 +98,7 @@ class PipelineSettings(BaseSettings):
     metrics_port: int = 0
     stall_s: float = Field(default=30.0, ge=0)
     stall_restart_s: float = Field(default=90.0, ge=0)
+    fast_fetch_loop: bool = True
     rocksdb_write_buffer_mb: int = Field(default=8, ge=1)
     rocksdb_max_write_buffers: int = Field(default=2, ge=2)
     rocksdb_block_cache_mb: int = Field(default=16, ge=1)

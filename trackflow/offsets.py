@@ -87,3 +87,17 @@ def high_watermarks(consumer: Any, topic: str, partitions: Iterable[int], attemp
                 log.info("watermarks of %s/%d: %s (attempt %d)", topic, p, exc, attempt + 1)
                 time.sleep(min(0.25 * 2**attempt, 2.0))
     return out
+
+
+def committed_total(kafka: Any, group: str, topic: str) -> int:
+    """The committed offsets of ``group`` on every partition of ``topic``, summed (0 where it never
+    committed): how far a group has got through a topic. ``kafka`` is a ``KafkaSettings``."""
+    from confluent_kafka import Consumer
+
+    c = Consumer(kafka.client_config() | {"group.id": group})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        offsets, _missing = read_committed(c, [(topic, p) for p in parts])
+        return sum(max(o, 0) for o in offsets.values())
+    finally:
+        c.close()

@@ -38,17 +38,9 @@ TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
 
 def committed(kafka, group: str, topic: str) -> int:
     """The group's committed offsets on ``topic``, summed (read again while the coordinator loads)."""
-    from confluent_kafka import Consumer
+    from trackflow.offsets import committed_total
 
-    from trackflow.offsets import read_committed
-
-    c = Consumer(kafka.client_config() | {"group.id": group})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        offsets, _missing = read_committed(c, [(topic, p) for p in parts])
-        return sum(max(o, 0) for o in offsets.values())
-    finally:
-        c.close()
+    return committed_total(kafka, group, topic)
 
 
 def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], Any]:
