@@ -13,6 +13,12 @@ await) and the channel queues of the record's topic have room (its other await).
 record goes through ``wait_first`` as before. Everything else (offset bookkeeping, gaps,
 commit-every, the yield to the loop every 100 records) is Faust's loop unchanged.
 
+For the topics named in ``direct_topics`` (the worker's raw topic) it goes one step further: a
+record that can be delivered now is put straight into the queue of the topic's one channel (the
+agent's) as the Faust ``Message`` it is, without the conductor's per-record decode (the raw
+serializer returns the bytes unchanged) and ``Event`` construction. :func:`record_batches` reads
+both kinds of items (an ``Event`` from the conductor, a ``Message`` put here) as Messages.
+
 Written against faust-streaming 0.15.3; :data:`FAUST_VERSIONS` lists the versions whose loop it
 was compared with. For any other version the stock loop stays (logged), since this copies its body.
 """
@@ -29,8 +35,12 @@ log = logging.getLogger(__name__)
 FAUST_VERSIONS = frozenset({"0.15.3"})
 
 
-def install_fast_drain(consumer: Any) -> bool:
-    """Give ``consumer`` (Faust's) the fast fetch loop; ``False`` (stock loop kept) on another Faust version."""
+def install_fast_drain(consumer: Any, direct_topics: frozenset[str] = frozenset()) -> bool:
+    """Give ``consumer`` (Faust's) the fast fetch loop; ``False`` (stock loop kept) on another Faust version.
+
+    ``direct_topics``: topics read by exactly one agent through :func:`record_batches` with the
+    raw serializer, whose records go straight into that agent's queue (see the module).
+    """
     from importlib.metadata import version
 
     found = version("faust-streaming")
@@ -43,7 +53,7 @@ def install_fast_drain(consumer: Any) -> bool:
         return False
 
     async def drain(fetcher: Any) -> None:
-        await _drain_messages(consumer, fetcher)
+        await _drain_messages(consumer, fetcher, direct_topics)
 
     consumer._drain_messages = drain
     return True
@@ -56,8 +66,16 @@ def _can_deliver_now(app: Any, consumer: Any, topic: str) -> bool:
     return not any(chan.queue.full() for chan in app.topics._topic_name_index.get(topic, ()))
 
 
+def _direct_queue(app: Any, topic: str) -> Any:
+    """The queue of the one channel reading ``topic``, or ``None`` (no channel, or several)."""
+    chans = app.topics._topic_name_index.get(topic)
+    if not chans or len(chans) != 1:
+        return None
+    return next(iter(chans)).queue
+
+
 async def _drain_messages(
-    self: Any, fetcher: Any
+    self: Any, fetcher: Any, direct_topics: frozenset[str] = frozenset()
 ) -> None:  # pragma: no cover - Faust's loop, run by every worker test
     """faust-streaming 0.15.3 ``Consumer._drain_messages`` with the direct delivery (see the module)."""
     callback = self.callback
@@ -78,6 +96,20 @@ async def _drain_messages(
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
+    on_topic_buffer_full = app.sensors.on_topic_buffer_full
+    #: partition -> (on pressure high, on pressure drop): one pair per partition, as the conductor's
+    pressure: dict[Any, tuple[Any, Any]] = {}
+
+    def pressure_callbacks(tp: Any) -> tuple[Any, Any]:
+        def high() -> None:
+            on_topic_buffer_full(tp)
+            self.on_buffer_full(tp)
+
+        def drop() -> None:
+            self.on_buffer_drop(tp)
+
+        pair = pressure[tp] = (high, drop)
+        return pair
 
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
@@ -101,7 +133,16 @@ async def _drain_messages(
                             self._n_acked = 0
                             await self.commit()
                         if _can_deliver_now(app, self, message.topic):
-                            await callback(message)
+                            queue = (
+                                _direct_queue(app, message.topic) if message.topic in direct_topics else None
+                            )
+                            if queue is None:
+                                await callback(message)
+                            else:
+                                high, drop = pressure.get(tp) or pressure_callbacks(tp)
+                                queue.put_nowait_enhanced(
+                                    message, on_pressure_high=high, on_pressure_drop=drop
+                                )
                         else:
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
@@ -128,19 +169,22 @@ async def _drain_messages(
 MAX_BATCH = 256
 
 
-async def event_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
-    """The events of an agent's ``stream`` in batches (lists), read straight from its channel's queue.
+async def record_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
+    """The records of an agent's ``stream`` in batches (lists of Faust ``Message``), read straight
+    from its channel's queue.
 
     Iterating a Faust stream costs, per event, a pass through the event loop (``sleep(0)``), the
     sensors and the acknowledgement bookkeeping. The worker needs none of it per event: it decides
     the raw topic's commits from its own frontier (:func:`pipeline.worker._commit_to_frontier`),
-    not from Faust's acknowledgements, and its processing does not await. So this takes every event
-    already queued (up to ``max_batch``) and yields them together, with one pass through the loop
-    per batch. As Faust's stream does, it skips events from before the current rebalance
-    generation, and events taken while the flow is suspended (a rebalance in progress: Faust
-    clears the queues and the partitions are read again from the committed offsets).
+    not from Faust's acknowledgements, and its processing does not await. So this takes every item
+    already queued (up to ``max_batch``) and yields their messages together, with one pass through
+    the loop per batch. An item is an ``Event`` (delivered by Faust's conductor) or a ``Message``
+    (put by the fast fetch loop for a direct topic). As Faust's stream does, it skips records from
+    before the current rebalance generation, and records taken while the flow is suspended (a
+    rebalance in progress: Faust clears the queues and the partitions are read again from the
+    committed offsets). A message's ``value`` is the record's bytes: use the raw serializer.
 
-    Nothing here acknowledges events. Faust's commit-every-N-acks trigger and its wait for unacked
+    Nothing here acknowledges records. Faust's commit-every-N-acks trigger and its wait for unacked
     events at a rebalance therefore do not apply; the commit timer and the frontier do.
     """
     await stream.maybe_start()
@@ -154,5 +198,6 @@ async def event_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
             batch.append(queue.get_nowait())
         generation = app.consumer_generation_id
         if flow_control.is_active():
-            yield [e for e in batch if e.message.generation_id == generation]
+            messages = [getattr(item, "message", item) for item in batch]
+            yield [m for m in messages if m.generation_id == generation]
         await asyncio.sleep(0)

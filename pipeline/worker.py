@@ -36,7 +36,7 @@ from typing import IO, Any, cast
 import orjson
 
 from pipeline.exceptions import PipelineError
-from pipeline.fastpath import event_batches, install_fast_drain
+from pipeline.fastpath import install_fast_drain, record_batches
 from pipeline.fx import RateTable, parse_hour
 from pipeline.process import Processor, Result
 from pipeline.settings import PipelineSettings
@@ -765,7 +765,7 @@ def build_app(
             return -1
 
     if settings.fast_fetch_loop:
-        install_fast_drain(app.consumer)
+        install_fast_drain(app.consumer, direct_topics=frozenset({topics.raw}))
     # before the first assignment: its seek must already be the guarded one
     sought = _guard_offsets(
         app.consumer,
@@ -802,12 +802,11 @@ def build_app(
             await asyncio.to_thread(fx.ready.wait, settings.fx_wait_s)
         frontier, advance, process_bytes = state.frontier, state.advance, proc.process_bytes
         counters = proc.counters
-        async for batch in _with_test_wedge(event_batches(stream)):
+        async for batch in _with_test_wedge(record_batches(stream)):
             if fx.queue:
                 fx.drain(rates)
             now = int(time.time() * 1000)  # the wall clock, once per batch (at most ~40 ms apart)
-            for event in batch:
-                msg = event.message
+            for msg in batch:
                 partition = state.partition = msg.partition
                 offset = positions[partition] = msg.offset
                 done = frontier(partition, committed.get(msg.tp))
@@ -822,7 +821,7 @@ def build_app(
                     holes.setdefault(msg.tp, done + 1)
                     continue
                 advance(partition, offset)
-                res = process_bytes(raw_codec, event.value, pos=(partition, offset), topic=msg.topic, now=now)
+                res = process_bytes(raw_codec, msg.value, pos=(partition, offset), topic=msg.topic, now=now)
                 emit(res)
                 dkey = res.device_key
                 if dkey is not None:
@@ -1206,7 +1205,7 @@ def _guard_offsets(
 
     def committable_tps(topics: Any = None) -> Any:
         # Faust commits only partitions holding acknowledgements; the agent acknowledges nothing
-        # (pipeline.fastpath.event_batches), so with ``processed`` every assigned raw partition
+        # (pipeline.fastpath.record_batches), so with ``processed`` every assigned raw partition
         # is a candidate and its frontier decides
         tps = set(pending_acks(topics))
         if processed is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from pipeline.fastpath import event_batches, install_fast_drain
+from pipeline.fastpath import install_fast_drain, record_batches
 from pipeline.worker import MAX_FETCH_BYTES, Outputs, _guard_offsets, init_offsets, tune_gc
 from trackflow.config import KafkaSettings
 
@@ -60,17 +60,17 @@ def main() -> None:
     raw = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
 
     if fast:
-        install_fast_drain(app.consumer)
+        install_fast_drain(app.consumer, direct_topics=frozenset({topics.raw}))
         done: dict[Any, int] = {}  # raw partition -> the offset after the last record forwarded
         # it acknowledges nothing either, so commits follow what it forwarded, as the worker's frontier
         _guard_offsets(app.consumer, topics.raw, processed=done.get)
 
         @app.agent(raw, concurrency=1)
         async def passthrough_fast(stream: Any) -> None:
-            async for batch in event_batches(stream):
-                for event in batch:
-                    out.send(target, event.key or b"", event.value)
-                    done[event.message.tp] = event.message.offset + 1
+            async for batch in record_batches(stream):
+                for msg in batch:
+                    out.send(target, msg.key or b"", msg.value)
+                    done[msg.tp] = msg.offset + 1
     else:
 
         @app.agent(raw, concurrency=1)

@@ -29,7 +29,9 @@ class CoordinatorLoading:
     """A confluent consumer's ``committed``/``get_watermark_offsets`` as a loading coordinator answers:
     a raised NOT_COORDINATOR first, then per-partition errors for ``slow`` partitions ``errors`` times."""
 
-    def __init__(self, committed: dict[int, int], slow: set[int], errors: int, raise_first: bool = True) -> None:
+    def __init__(
+        self, committed: dict[int, int], slow: set[int], errors: int, raise_first: bool = True
+    ) -> None:
         self.committed_offsets = committed
         self.slow = slow
         self.errors = errors

@@ -67,15 +67,18 @@ def test_late_digests_are_bounded_per_device_and_the_window_is_kept_whole():
     recent: dict = {}
     wall = T0 + 999_000
     for i in range(6_000):  # 10 events/s, all different, on the device's clock and the wall clock
-        assert dedupe.check_content(recent, f"d{i}", T0 + 100 * i, (0, i), 10_000, LATE, wall + 100 * i, 50) is None
+        assert (
+            dedupe.check_content(recent, f"d{i}", T0 + 100 * i, (0, i), 10_000, LATE, wall + 100 * i, 50)
+            is None
+        )
     newest = T0 + 100 * 5_999
     in_window = [k for k, v in recent.items() if newest - v[0] < 10_000]
     assert len(in_window) == 100  # the whole 10 s window
     assert len(recent) <= 100 + 50 + 8  # + the 50 late ones, + at most 8 pruned late
     # the late ones kept are the most recent: a late duplicate of one still counts
-    assert dedupe.check_content(recent, "d5880", T0 + 100 * 5_880 + 1, (0, 9_999), 10_000, LATE, wall + 600_000, 50) is (
-        Reason.DUPLICATE_CONTENT
-    )
+    assert dedupe.check_content(
+        recent, "d5880", T0 + 100 * 5_880 + 1, (0, 9_999), 10_000, LATE, wall + 600_000, 50
+    ) is (Reason.DUPLICATE_CONTENT)
     assert "d100" not in recent  # long out of the window and beyond the bound
 
 
@@ -83,4 +86,7 @@ def test_a_digest_in_the_window_is_never_dropped_by_the_bound():
     recent: dict = {}
     for i in range(40):  # 40 events within one second: all in the window, bound 5
         dedupe.check_content(recent, f"d{i}", T0 + 25 * i, (0, i), 10_000, LATE, T0 + 25 * i, 5)
-    assert all(dedupe.check_content(recent, f"d{i}", T0 + 1_000, (1, i), 10_000, LATE, T0 + 1_000, 5) for i in range(40))
+    assert all(
+        dedupe.check_content(recent, f"d{i}", T0 + 1_000, (1, i), 10_000, LATE, T0 + 1_000, 5)
+        for i in range(40)
+    )

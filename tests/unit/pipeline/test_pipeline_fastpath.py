@@ -26,7 +26,7 @@ def _event(generation: int, offset: int = 0) -> Any:
 
 
 class _Stream:
-    """The attributes of a Faust stream that :func:`fastpath.event_batches` reads."""
+    """The attributes of a Faust stream that :func:`fastpath.record_batches` reads."""
 
     def __init__(self, maxsize: int = 100) -> None:
         self.flow = FlowControlEvent(initially_suspended=False)
@@ -40,7 +40,7 @@ class _Stream:
 
 def _take(stream: _Stream, batches: int, max_batch: int = fastpath.MAX_BATCH) -> list[list[Any]]:
     async def run() -> list[list[Any]]:
-        it = fastpath.event_batches(stream, max_batch=max_batch)
+        it = fastpath.record_batches(stream, max_batch=max_batch)
         out = [await asyncio.wait_for(it.__anext__(), 1.0) for _ in range(batches)]
         await it.aclose()
         return out
@@ -54,7 +54,31 @@ def test_every_queued_event_comes_in_batches_of_at_most_max_batch_in_queue_order
         s.channel.queue.put_nowait(_event(1, i))
     got = _take(s, 3, max_batch=4)
     assert s.started
-    assert [[e.message.offset for e in b] for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [[m.offset for m in b] for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_messages_put_by_the_fetch_loop_and_events_from_the_conductor_both_come_as_messages() -> None:
+    s = _Stream()
+    s.channel.queue.put_nowait(_event(1, 0))  # through Faust's conductor
+    s.channel.queue.put_nowait(_message(1, 1))  # put directly by the fast fetch loop
+    (batch,) = _take(s, 1)
+    assert [m.offset for m in batch] == [0, 1] and all(not hasattr(m, "message") for m in batch)
+
+
+def test_only_a_topic_read_by_exactly_one_channel_is_handed_over_directly() -> None:
+    flow = FlowControlEvent(initially_suspended=False)
+    q1, q2 = (ThrowableQueue(maxsize=2, flow_control=flow) for _ in range(2))
+    app = SimpleNamespace(
+        topics=SimpleNamespace(
+            _topic_name_index={
+                "one": [SimpleNamespace(queue=q1)],
+                "two": [SimpleNamespace(queue=q1), SimpleNamespace(queue=q2)],
+            }
+        )
+    )
+    assert fastpath._direct_queue(app, "one") is q1
+    assert fastpath._direct_queue(app, "two") is None  # the conductor delivers to each channel
+    assert fastpath._direct_queue(app, "none") is None
 
 
 def test_events_of_an_earlier_rebalance_generation_are_left_out() -> None:
@@ -63,7 +87,7 @@ def test_events_of_an_earlier_rebalance_generation_are_left_out() -> None:
     for i, gen in enumerate([2, 3, 2, 3]):
         s.channel.queue.put_nowait(_event(gen, i))
     (batch,) = _take(s, 1)
-    assert [e.message.offset for e in batch] == [1, 3]
+    assert [m.offset for m in batch] == [1, 3]
 
 
 def test_a_batch_taken_while_the_flow_is_suspended_is_dropped() -> None:
@@ -72,7 +96,7 @@ def test_a_batch_taken_while_the_flow_is_suspended_is_dropped() -> None:
     s.flow.suspend()  # a rebalance in progress: the partitions are read again from the commit
 
     async def run() -> list[Any]:
-        it = fastpath.event_batches(s)
+        it = fastpath.record_batches(s)
         task = asyncio.ensure_future(it.__anext__())
         await asyncio.sleep(0.05)
         assert not task.done()  # the suspended batch was not handed over
@@ -82,14 +106,14 @@ def test_a_batch_taken_while_the_flow_is_suspended_is_dropped() -> None:
         await it.aclose()
         return batch
 
-    assert [e.message.offset for e in asyncio.run(run())] == [1]
+    assert [m.offset for m in asyncio.run(run())] == [1]
 
 
 def test_an_agent_waits_for_its_first_event_without_spinning() -> None:
     s = _Stream()
 
     async def run() -> tuple[bool, list[Any]]:
-        it = fastpath.event_batches(s)
+        it = fastpath.record_batches(s)
         task = asyncio.ensure_future(it.__anext__())
         await asyncio.sleep(0.05)
         waited = not task.done()
@@ -99,7 +123,7 @@ def test_an_agent_waits_for_its_first_event_without_spinning() -> None:
         return waited, batch
 
     waited, batch = asyncio.run(run())
-    assert waited and [e.message.offset for e in batch] == [7]
+    assert waited and [m.offset for m in batch] == [7]
 
 
 def _delivery_case(**over: Any) -> tuple[Any, Any]:
