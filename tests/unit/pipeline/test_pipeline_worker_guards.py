@@ -146,7 +146,7 @@ def test_a_record_processed_in_order_but_never_acknowledged_does_not_hold_the_co
 
 
 def test_every_assigned_raw_partition_is_a_commit_candidate_without_acknowledgements() -> None:
-    # the agent acknowledges nothing (pipeline.fastpath.event_batches): Faust alone would never
+    # the agent acknowledges nothing (pipeline.fastpath.record_batches): Faust alone would never
     # look at a raw partition, since it commits only partitions holding acknowledgements
     c = FakeConsumer()
     raw0, raw1, other = TP(RAW, 0), TP(RAW, 1), TP("tf.other", 0)
