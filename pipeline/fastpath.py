@@ -87,6 +87,7 @@ async def _drain_messages(
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
     from faust.transport.consumer import CONSUMER_FETCHING
+    from faust.types import TP
 
     set_flag = self.diag.set_flag
     unset_flag = self.diag.unset_flag
@@ -100,7 +101,12 @@ async def _drain_messages(
     #: partition -> (on pressure high, on pressure drop): one pair per partition, as the conductor's
     pressure: dict[Any, tuple[Any, Any]] = {}
 
-    def pressure_callbacks(tp: Any) -> tuple[Any, Any]:
+    def pressure_callbacks(key: Any) -> tuple[Any, Any]:
+        # the callbacks get Faust's TP: the loop's (and the message's) partition is aiokafka's
+        # TopicPartition, which Faust's active-partition set rejects (an assertion that crashed
+        # the worker in the SIGKILL test on a clean clone)
+        tp = TP(key.topic, key.partition)
+
         def high() -> None:
             on_topic_buffer_full(tp)
             self.on_buffer_full(tp)
@@ -108,7 +114,7 @@ async def _drain_messages(
         def drop() -> None:
             self.on_buffer_drop(tp)
 
-        pair = pressure[tp] = (high, drop)
+        pair = pressure[key] = (high, drop)
         return pair
 
     try:

@@ -8,8 +8,10 @@ events are batched, and which events a batch leaves out.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import defaultdict
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
@@ -181,3 +183,80 @@ def test_the_installed_faust_gets_the_fast_fetch_loop() -> None:
     consumer = SimpleNamespace(_drain_messages="faust's own")
     assert fastpath.install_fast_drain(consumer) is True
     assert consumer._drain_messages != "faust's own" and asyncio.iscoroutinefunction(consumer._drain_messages)
+
+
+class _AiokafkaTP(NamedTuple):  # what Faust's getmany yields beside each record (aiokafka's type)
+    topic: str
+    partition: int
+
+
+class _DrainConsumer:
+    """The attributes of Faust's Consumer that the fast fetch loop reads, over mode's real queue."""
+
+    consumer_stopped_errors = ()
+
+    def __init__(self, records: list[Any], queue_size: int) -> None:
+        self.flow = FlowControlEvent(initially_suspended=False)
+        self.queue = ThrowableQueue(maxsize=queue_size, flow_control=self.flow)
+        self.full: list[Any] = []
+        self.dropped: list[Any] = []
+        self.delivered: list[Any] = []
+        self.app = SimpleNamespace(
+            flow_control=self.flow,
+            topics=SimpleNamespace(
+                _topic_name_index={"raw": [SimpleNamespace(queue=self.queue)], "other": []},
+                acks_enabled_for=lambda topic: True,
+            ),
+            sensors=SimpleNamespace(on_topic_buffer_full=lambda tp: None),
+        )
+        self._records = records
+        self._stopped = asyncio.Event()
+        self._read_offset: dict[Any, Any] = defaultdict(lambda: None)  # as Faust's
+        self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+        self._commit_every = None
+        self.flow_active = True
+        self.suspend_flow = asyncio.Event()
+        self.should_stop = False
+        self.log = logging.getLogger("test.fastpath")
+
+    async def getmany(self, timeout: float) -> Any:  # noqa: ASYNC109 - Faust's signature
+        for item in self._records:
+            yield item
+        self._stopped.set()  # one fetch, then the loop ends
+
+    async def sleep(self, s: float) -> None:
+        await asyncio.sleep(s)
+
+    async def callback(self, message: Any) -> None:  # the conductor's
+        self.delivered.append(message)
+
+    def on_buffer_full(self, tp: Any) -> None:
+        self.full.append(tp)
+
+    def on_buffer_drop(self, tp: Any) -> None:
+        self.dropped.append(tp)
+
+
+def test_the_fast_loop_puts_direct_records_in_the_queue_and_reports_pressure_with_faust_partitions() -> None:
+    # a queue of 10 is "high" from 8 records on: the fetch loop must tell Faust's consumer which
+    # partition to stop fetching with Faust's TP (aiokafka's TopicPartition crashed the worker:
+    # Faust's active-partition set asserts its type, seen in the SIGKILL test on a clean clone)
+    from faust.types import TP
+
+    # Faust's messages carry aiokafka's partition type too (its _to_message passes it on)
+    raw = [
+        (_AiokafkaTP("raw", 0), SimpleNamespace(topic="raw", partition=0, offset=i, tp=_AiokafkaTP("raw", 0)))
+        for i in range(9)
+    ]
+    other_tp = _AiokafkaTP("other", 0)
+    other = (other_tp, SimpleNamespace(topic="other", partition=0, offset=0, tp=other_tp))
+    c = _DrainConsumer([*raw, other], queue_size=10)
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    asyncio.run(fastpath._drain_messages(c, fetcher, frozenset({"raw"})))
+    assert [m.offset for m in c.queue._queue] == list(range(9))  # straight into the agent's queue
+    assert c.delivered == [other[1]]  # a topic not handed over directly goes through the conductor
+    assert c.full and all(type(tp) is TP for tp in c.full)
+    assert c._read_offset == {_AiokafkaTP("raw", 0): 8, _AiokafkaTP("other", 0): 0}
+    while not c.queue.empty():  # the agent drains the queue: fetching resumes, with Faust's TP too
+        c.queue.get_nowait()
+    assert c.dropped == [TP("raw", 0)] and type(c.dropped[0]) is TP
