@@ -204,6 +204,5 @@ async def record_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
             batch.append(queue.get_nowait())
         generation = app.consumer_generation_id
         if flow_control.is_active():
-            messages = [getattr(item, "message", item) for item in batch]
-            yield [m for m in messages if m.generation_id == generation]
+            yield [m for item in batch if (m := getattr(item, "message", item)).generation_id == generation]
         await asyncio.sleep(0)

@@ -28,27 +28,24 @@ def run(n: int, rate: float, late_max: int) -> tuple[float, int, int]:
     from pipeline.fx import RateTable
     from pipeline.process import DictState, Processor
     from pipeline.settings import PipelineSettings
-    from schemas import defaults
+    from pipeline.traffic import raw_event
     from trackflow.apps import App
 
     app = App(app_id="a1", name="A1", write_key_hash="x", reporting_currency="GBP")
     state = DictState()
     proc = Processor(PipelineSettings(content_late_max=late_max), {"a1": app}.get, RateTable(), state)
-    base = defaults("raw_event")
     took = []
     for i in range(n):
         t = T0 + int(i * 1000 / rate)  # the device's clock and the wall clock move together
-        raw = dict(base)
-        raw.update(
-            message_id=f"m{i}",
-            type="track",
-            event="level_up",
-            app_id="a1",
-            anonymous_id="dev1",
+        raw = raw_event(
+            "a1",
+            "dev1",
             received_at=t,
+            message_id=f"m{i}",
+            event="level_up",
             timestamp=str(t),
             sent_at=None,
-            properties=orjson.dumps({"level": i, "score": i * 7}).decode(),
+            properties={"level": i, "score": i * 7},
         )
         start = time.perf_counter()
         proc.process(raw, pos=(0, i), topic="raw", now=t)

@@ -30,17 +30,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from trackflow.offsets import committed_total
 from trackflow.stack import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 TRACKFLOW = str(Path(sys.executable).with_name("trackflow"))
-
-
-def committed(kafka, group: str, topic: str) -> int:
-    """The group's committed offsets on ``topic``, summed (read again while the coordinator loads)."""
-    from trackflow.offsets import committed_total
-
-    return committed_total(kafka, group, topic)
 
 
 def setup(n: int, devices: int, home: Path) -> tuple[dict[str, str], Any]:
@@ -102,7 +96,7 @@ def measure(
         last = 0
         deadline = time.monotonic() + (timeout or max(150.0, n / 400))
         while time.monotonic() < deadline:
-            done = committed(kafka, group, kafka.topics.raw)
+            done = committed_total(kafka, group, kafka.topics.raw)
             now = time.monotonic()
             if done > 0 and first_t is None:
                 first_t, first_n = now, done
