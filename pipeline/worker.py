@@ -219,17 +219,30 @@ class TableState:
     restored from the changelog by another worker has no index for the entries restored; those
     are still treated as absent once expired, they only stay on disk.
 
+    Device states stay parsed after a flush (:meth:`snapshot`): a device's next event takes its
+    state from there instead of parsing the stored JSON again. Such a clean entry is exactly what
+    was stored; :meth:`get_device` takes it out of that cache (a caller that changes the state
+    and does not put it back leaves the stored one in force), and the states of a partition this
+    worker loses or gains are dropped (:meth:`forget`, :meth:`reset_marks`). The cache holds at
+    most ``clean_bytes`` bytes of serialised state, the oldest stored going first.
+
     Parameters:
         devices / seen: the Faust tables (``rocksdb://`` store, raw bytes).
         outputs: the producer for the changelog records.
+        clean_bytes: the budget of parsed device states kept after a flush, in bytes of their
+            JSON (0: none kept; a parsed state takes ~3-4x that in memory).
     """
 
-    def __init__(self, devices: Any, seen: Any, outputs: Outputs) -> None:
+    def __init__(self, devices: Any, seen: Any, outputs: Outputs, clean_bytes: int = 0) -> None:
         self.devices = devices
         self.seen = seen
         self.outputs = outputs
         self.partition = 0
         self._dev: dict[str, tuple[int, dict[str, Any]]] = {}
+        #: device key -> (partition, parsed state, its JSON size): stored states kept parsed
+        self._clean: collections.OrderedDict[str, tuple[int, dict[str, Any], int]] = collections.OrderedDict()
+        self._clean_size = 0
+        self._clean_max = clean_bytes
         self._seen: dict[str, tuple[int, list[Any] | None]] = {}
         self._flushing: dict[str, dict[str, tuple[int, bytes | None]]] = {"devices": {}, "seen": {}}
         #: partition -> the applied frontier: every raw offset up to it is processed (no holes)
@@ -267,6 +280,8 @@ class TableState:
         for cache in (self._dev, self._seen):
             for key in [k for k, (p, _) in cache.items() if p in partitions]:
                 del cache[key]
+        for key in [k for k, (p, _, _) in self._clean.items() if p in partitions]:
+            self._clean_size -= self._clean.pop(key)[2]
         # new dicts: a flush in progress holds the old ones as its snapshot, which must stay whole
         # (its frontier markers cover the partitions' states; without them a marker was stored
         # ahead of the states it stands for)
@@ -282,9 +297,12 @@ class TableState:
             self._cursor.pop(p, None)
 
     def reset_marks(self) -> None:
-        """Re-read markers after a rebalance or a re-seek (another worker may have advanced them)."""
+        """Re-read markers and stored states after a rebalance or a re-seek (another worker may
+        have advanced them, and a table recovery rewritten them)."""
         self._frontier.clear()
         self._moved.clear()
+        self._clean.clear()
+        self._clean_size = 0
 
     @staticmethod
     def _read(table: Any, partition: int, key: str) -> bytes | None:
@@ -299,6 +317,13 @@ class TableState:
         return orjson.loads(v) if v is not None else None
 
     def get_device(self, key: str) -> dict[str, Any] | None:
+        hit = self._dev.get(key)
+        if hit is not None:
+            return hit[1]
+        clean = self._clean.pop(key, None)
+        if clean is not None:
+            self._clean_size -= clean[2]
+            return clean[1]
         return self._get("devices", self.devices, self._dev, key)  # type: ignore[no-any-return]
 
     def put_device(self, key: str, value: dict[str, Any]) -> None:
@@ -358,13 +383,31 @@ class TableState:
             "unindex": self._unindex,
         }
         self._index, self._unindex = {}, {}
-        for name, cache in (("devices", self._dev), ("seen", self._seen)):
-            ser = {k: (p, orjson.dumps(v) if v is not None else None) for k, (p, v) in cache.items()}
-            self._flushing[name] = ser
-            snap[name] = ser
-            cache.clear()
+        dumps = orjson.dumps
+        devices = {k: (p, dumps(v)) for k, (p, v) in self._dev.items()}
+        if self._clean_max:
+            self._keep_clean(devices)
+        seen = {k: (p, dumps(v) if v is not None else None) for k, (p, v) in self._seen.items()}
+        self._flushing = {"devices": devices, "seen": seen}
+        snap["devices"], snap["seen"] = devices, seen
+        self._dev, self._seen = {}, {}
         self._moved.clear()
         return snap
+
+    def _keep_clean(self, stored: dict[str, tuple[int, bytes]]) -> None:
+        """Keep the parsed states of a snapshot's devices (:attr:`_dev`) within the budget."""
+        clean = self._clean
+        size = self._clean_size
+        for k, (p, v) in self._dev.items():
+            n = len(stored[k][1])
+            old = clean.pop(k, None)
+            if old is not None:
+                size -= old[2]
+            clean[k] = (p, v, n)
+            size += n
+        while size > self._clean_max and clean:
+            size -= clean.popitem(last=False)[1][2]
+        self._clean_size = size
 
     #: the order a snapshot is stored in, each step's changelog acknowledged before the next
     STEPS = ("devices", "seen", "marks")
@@ -710,7 +753,7 @@ def build_app(
     registry = open_registry()
     rates = RateTable()
     outputs = Outputs(kafka)
-    state = TableState(devices, seen, outputs)
+    state = TableState(devices, seen, outputs, settings.state_cache_mb * 1024 * 1024)
     from trackflow.gdpr import privacy_from_env
 
     proc = Processor(settings, registry.get, rates, state, privacy_from_env())

@@ -532,6 +532,76 @@ def test_forget_leaves_a_flush_in_progress_whole(tmp_path: Any) -> None:
     assert st.get_device("a:d0") == {"n": 0}  # read from the flush in progress
 
 
+# -- parsed device states kept after a flush ---------------------------------------------------------
+
+
+def _clean_state(tmp_path: Any, budget: int = 1 << 20) -> Any:
+    from pipeline.worker import TableState
+
+    return TableState(_Table(tmp_path / "d"), _Table(tmp_path / "s"), _Outputs(), budget)  # type: ignore[arg-type]
+
+
+def test_a_stored_device_state_is_read_back_parsed_without_touching_rocksdb(tmp_path: Any) -> None:
+    st = _clean_state(tmp_path)
+    st.partition = 1
+    dev = {"n": 1}
+    st.put_device("a:d1", dev)
+    _flush(st)
+    db = st.devices.data._db_for_partition(1)
+    assert db[b"a:d1"] == b'{"n":1}'
+    db[b"a:d1"] = b'{"n":"changed underneath"}'  # only a read of RocksDB would see this
+    assert st.get_device("a:d1") is dev
+    # taken out of the cache: a caller that changes it without putting it back leaves the stored one
+    dev["n"] = 99
+    assert st.get_device("a:d1") == {"n": "changed underneath"}
+
+
+def test_no_budget_keeps_no_parsed_state(tmp_path: Any) -> None:
+    st = _clean_state(tmp_path, budget=0)
+    st.partition = 0
+    dev = {"n": 1}
+    st.put_device("a:d0", dev)
+    _flush(st)
+    got = st.get_device("a:d0")
+    assert got == {"n": 1} and got is not dev
+
+
+def test_the_parsed_states_stay_within_their_budget_the_oldest_going_first(tmp_path: Any) -> None:
+    st = _clean_state(tmp_path, budget=15)  # two states of 7 bytes, not three
+    st.partition = 0
+    devs = {f"a:d{i}": {"n": i} for i in range(3)}
+    for k, v in devs.items():
+        st.put_device(k, v)
+        _flush(st)  # stored (and kept) in this order
+    assert st._clean_size == 14 and list(st._clean) == ["a:d1", "a:d2"]
+    assert st.get_device("a:d0") is not devs["a:d0"]  # evicted: parsed from RocksDB
+    assert st.get_device("a:d0") == {"n": 0}
+    assert st.get_device("a:d2") is devs["a:d2"] and st._clean_size == 7
+    # stored again, larger: its new size counts
+    st.put_device("a:d0", {"n": 0})
+    devs["a:d1"]["x"] = "y"
+    st.put_device("a:d1", st.get_device("a:d1"))
+    _flush(st)
+    assert list(st._clean) == ["a:d1"] and st._clean_size == len(b'{"n":1,"x":"y"}') == 15
+
+
+def test_parsed_states_of_lost_partitions_and_after_a_rebalance_are_dropped(tmp_path: Any) -> None:
+    st = _clean_state(tmp_path)
+    for p in (0, 1):
+        st.partition = p
+        st.put_device(f"a:d{p}", {"n": p})
+    _flush(st)
+    for p in (0, 1):  # what another worker stored meanwhile (restored from the changelog)
+        st.devices.data._db_for_partition(p)[f"a:d{p}".encode()] = b'{"n":"theirs"}'
+    st.forget({1})
+    st.partition = 1
+    assert st.get_device("a:d1") == {"n": "theirs"}
+    st.partition = 0
+    assert st._clean_size == len(b'{"n":0}') and "a:d0" in st._clean
+    st.reset_marks()  # an assignment: the tables may have been recovered
+    assert st.get_device("a:d0") == {"n": "theirs"} and st._clean_size == 0
+
+
 # -- the message-id expiry index: on disk, swept in order, never in the changelog ------------------
 
 
