@@ -8,9 +8,9 @@ Two rules, both windows configurable (:class:`~pipeline.settings.PipelineSetting
 - **content** (AppsFlyer's rule): an identical event - same app, device, type, name, session,
   heartbeat offset and canonical (key-sorted) properties and traits - within ``content_window_s``
   (10 s, measured on the device's own timestamps when it sends them, else on the event time; see
-  :func:`content_clock`) is a duplicate. State: a small map
-  ``{digest: [time_ms, partition, offset]}`` inside the device's state, pruned as it is
-  written. Sources in ``content_dedupe_exempt_sources`` (server-to-server) skip this rule.
+  :func:`content_clock`) is a duplicate. State: the device's recent digests with their time and
+  position, one string inside the device's state (see :data:`ENTRY`), pruned as it is written.
+  Sources in ``content_dedupe_exempt_sources`` (server-to-server) skip this rule.
 
 Replays: both entries remember the Kafka position (partition, offset) of the event that created
 them. Seeing the *same* position again is an at-least-once replay after a crash, not a duplicate,
@@ -90,9 +90,52 @@ LATE_MAX = 256
 PRUNE_ALWAYS_BELOW = 16
 PRUNE_EVERY = 8
 
+# A device's recorded digests are one string (state key ``c``): fixed-width lowercase hex entries,
+# concatenated in the order they were recorded. One entry:
+#   digest (20) | event time + TIME_BIAS (12) | partition + 1 (4) | offset + 1 (12) | recorded at (12)
+# "recorded at" is the wall clock in ms (0 without the late rule). One string instead of a map of
+# lists: it is serialised and parsed as one JSON string (a map of 60 digests was ~360 objects to
+# walk on every flush), and its order is the recording order, so :func:`prune` can tell from the
+# first entry alone that nothing is old enough to go.
+ENTRY = 60
+TIME_BIAS = 1 << 47  # event times before 1970 stay non-negative
+_T, _P, _O, _R = 20, 32, 36, 48
+
+
+def _entry(digest: str, event_time: int, pos: Position, now: int) -> str:
+    return f"{digest}{event_time + TIME_BIAS:012x}{pos[0] + 1:04x}{pos[1] + 1:012x}{now:012x}"
+
+
+def _find(recent: str, digest: str) -> int:
+    """Start of ``digest``'s entry in ``recent``, or -1."""
+    i = recent.find(digest)
+    while i > 0 and i % ENTRY:  # a match across fields (hex), not an entry's digest
+        i = recent.find(digest, i + 1)
+    return i
+
+
+def entries(recent: str) -> dict[str, list[int]]:
+    """The digests of a ``c`` string as ``{digest: [event_time, partition, offset, recorded_at]}``."""
+    return {
+        recent[j : j + _T]: [
+            int(recent[j + _T : j + _P], 16) - TIME_BIAS,
+            int(recent[j + _P : j + _O], 16) - 1,
+            int(recent[j + _O : j + _R], 16) - 1,
+            int(recent[j + _R : j + ENTRY], 16),
+        ]
+        for j in range(0, len(recent), ENTRY)
+    }
+
+
+def from_map(recent: dict[str, list[int]]) -> str:
+    """The ``c`` string of a map ``{digest: [event_time, partition, offset(, recorded_at)]}``
+    (the format of device states stored before 2026-11-24), in the order recorded."""
+    items = sorted(recent.items(), key=lambda kv: kv[1][3] if len(kv[1]) > 3 else 0)
+    return "".join(_entry(k, v[0], (v[1], v[2]), v[3] if len(v) > 3 else 0) for k, v in items)
+
 
 def check_content(
-    recent: dict[str, list[int]],
+    recent: str,
     digest: str,
     event_time: int,
     pos: Position,
@@ -100,11 +143,12 @@ def check_content(
     late_ms: int = 0,
     now: int = 0,
     late_max: int = LATE_MAX,
-) -> Reason | None:
+) -> tuple[Reason | None, str]:
     """Decide the content rule against the device's recent digests and record this event.
 
-    ``recent`` is mutated: expired digests are removed and, unless this is a duplicate, the
-    digest is (re)recorded at ``event_time``. An event exactly ``window_ms`` later is *not* a
+    ``recent`` is the device's ``c`` string (see :data:`ENTRY`). Returns ``(reason or None, the
+    new string)``: expired digests are removed and, unless this is a duplicate, the digest is
+    (re)recorded at ``event_time``, last. An event exactly ``window_ms`` later is *not* a
     duplicate (the window is open at its end).
 
     Expiry: a digest is kept while it is within the window of the device's newest events, or was
@@ -114,39 +158,59 @@ def check_content(
     At most ``late_max`` digests out of the window are kept that way (the most recently recorded):
     without a bound, a device sending 10 events/s carried 6,000 digests (350 KB of state, parsed
     and pruned for each of its events). Expired digests may stay a few events longer (a map of
-    :data:`PRUNE_ALWAYS_BELOW` or more is pruned every :data:`PRUNE_EVERY`-th new digest); they never match, since a
-    match is decided on the window alone.
+    :data:`PRUNE_ALWAYS_BELOW` or more is pruned every :data:`PRUNE_EVERY`-th new digest); they
+    never match, since a match is decided on the window alone.
     """
-    prev = recent.get(digest)
-    if prev is not None and abs(event_time - prev[0]) < window_ms:
-        if same_position(prev, pos):
-            return None
-        return Reason.DUPLICATE_CONTENT
-    n = len(recent)
+    i = _find(recent, digest)
+    if i >= 0:
+        if abs(event_time - (int(recent[i + _T : i + _P], 16) - TIME_BIAS)) < window_ms:
+            if (
+                pos != NO_POSITION
+                and int(recent[i + _P : i + _O], 16) == pos[0] + 1
+                and int(recent[i + _O : i + _R], 16) == pos[1] + 1
+            ):
+                return None, recent  # a replay of the very record that recorded it
+            return Reason.DUPLICATE_CONTENT, recent
+        recent = recent[:i] + recent[i + ENTRY :]  # recorded again below, as the newest
+    n = len(recent) // ENTRY
     if n and (n < PRUNE_ALWAYS_BELOW or n % PRUNE_EVERY == 0):
-        prune(recent, event_time, window_ms, now - late_ms if late_ms else None, late_max)
-    recent[digest] = [event_time, pos[0], pos[1], now] if late_ms else [event_time, pos[0], pos[1]]
-    return None
+        recent = prune(recent, event_time, window_ms, now - late_ms if late_ms else None, late_max)
+    return None, recent + _entry(digest, event_time, pos, now if late_ms else 0)
 
 
 def prune(
-    recent: dict[str, list[int]],
+    recent: str,
     now_event_time: int,
     window_ms: int,
     recorded_after: int | None = None,
     late_max: int = LATE_MAX,
-) -> None:
+) -> str:
     """Drop digests older than the window, except those recorded after ``recorded_after`` (wall ms),
-    of which the ``late_max`` most recently recorded are kept."""
-    late: list[str] = []
-    for k, v in list(recent.items()):
-        if now_event_time - v[0] < window_ms:
-            continue
-        if recorded_after is None or len(v) < 4 or v[3] <= recorded_after:
-            del recent[k]
+    of which the ``late_max`` most recently recorded are kept. Returns the new string.
+
+    Entries are in the order recorded, so those recorded at or before ``recorded_after`` are the
+    first ones: only they and, above the bound, the late ones are looked at. (After a wall-clock
+    step back, an entry recorded out of order may stay longer; it never matches outside the window.)
+    """
+    size = len(recent)
+
+    def in_window(j: int) -> bool:
+        return now_event_time - (int(recent[j + _T : j + _P], 16) - TIME_BIAS) < window_ms
+
+    if recorded_after is None:
+        keep = [j for j in range(0, size, ENTRY) if in_window(j)]
+    else:
+        old = 0
+        while old < size and int(recent[old + _R : old + ENTRY], 16) <= recorded_after:
+            old += ENTRY
+        keep = [j for j in range(0, old, ENTRY) if in_window(j)]
+        rest = range(old, size, ENTRY)
+        late = [j for j in rest if not in_window(j)] if len(rest) > late_max else []
+        if len(late) > late_max:
+            drop = set(late[: len(late) - late_max])  # the earliest recorded
+            keep += [j for j in rest if j not in drop]
         else:
-            late.append(k)
-    if len(late) > late_max:
-        late.sort(key=lambda k: recent[k][3])
-        for k in late[: len(late) - late_max]:
-            del recent[k]
+            keep += rest
+    if len(keep) * ENTRY == size:
+        return recent
+    return "".join([recent[j : j + ENTRY] for j in keep])

@@ -316,8 +316,10 @@ class Processor:
             return self._duplicate(raw, reason, pos, topic, now)
         if self._content_window and raw.get("source") not in s.content_dedupe_exempt_sources:
             digest = dedupe.content_digest(raw, ev.device_id, ev.properties, ev.traits)
-            recent = state.setdefault("c", {})
-            reason = dedupe.check_content(
+            recent = state.get("c", "")
+            if recent.__class__ is not str:  # a state stored before the string format
+                recent = dedupe.from_map(recent)
+            reason, state["c"] = dedupe.check_content(
                 recent,
                 digest,
                 dedupe.content_clock(ev),
