@@ -387,7 +387,7 @@ class TableState:
         devices = {k: (p, dumps(v)) for k, (p, v) in self._dev.items()}
         if self._clean_max:
             self._keep_clean(devices)
-        seen = {k: (p, dumps(v) if v is not None else None) for k, (p, v) in self._seen.items()}
+        seen = {k: (p, _seen_json(v)) for k, (p, v) in self._seen.items()}
         self._flushing = {"devices": devices, "seen": seen}
         snap["devices"], snap["seen"] = devices, seen
         self._dev, self._seen = {}, {}
@@ -457,6 +457,20 @@ class TableState:
     def done(self) -> None:
         """Drop the flushed snapshot (step 4): reads go to RocksDB again."""
         self._flushing = {"devices": {}, "seen": {}}
+
+
+def _seen_json(entry: list[Any] | None) -> bytes | None:
+    """The stored JSON of a message-id entry ``[expires, partition, offset]`` (None: deleted).
+
+    Formatted directly, byte for byte what :func:`orjson.dumps` gives for three integers: orjson
+    starts each output in a fresh 1 KB buffer, and for the ~15,000 entries of one flush that cost
+    ~1.5 us each on these machines, against ~0.3 us here.
+    """
+    if entry is None:
+        return None
+    if len(entry) == 3 and all(v.__class__ is int for v in entry):
+        return b"[%d,%d,%d]" % (entry[0], entry[1], entry[2])
+    return orjson.dumps(entry)
 
 
 async def store_state(state: TableState, outputs: Any) -> None:

@@ -602,6 +602,16 @@ def test_parsed_states_of_lost_partitions_and_after_a_rebalance_are_dropped(tmp_
     assert st.get_device("a:d0") == {"n": "theirs"} and st._clean_size == 0
 
 
+def test_message_id_entries_are_stored_exactly_as_orjson_writes_them() -> None:
+    import orjson
+
+    from pipeline.worker import _seen_json
+
+    for entry in ([1_790_086_400_000, 3, 41], [-1, -1, -1], [2**62, 65_535, 0], [1.5, 0, 1], [1, 2], []):
+        assert _seen_json(entry) == orjson.dumps(entry)
+    assert _seen_json(None) is None
+
+
 # -- the message-id expiry index: on disk, swept in order, never in the changelog ------------------
 
 
