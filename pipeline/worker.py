@@ -468,8 +468,10 @@ def _seen_json(entry: list[Any] | None) -> bytes | None:
     """
     if entry is None:
         return None
-    if len(entry) == 3 and all(v.__class__ is int for v in entry):
-        return b"[%d,%d,%d]" % (entry[0], entry[1], entry[2])
+    if len(entry) == 3:
+        a, b, c = entry
+        if a.__class__ is int and b.__class__ is int and c.__class__ is int:
+            return b"[%d,%d,%d]" % (a, b, c)
     return orjson.dumps(entry)
 
 
