@@ -84,7 +84,7 @@ class DictState:
         self.seen[key] = value
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """What one raw event produced."""
 

@@ -210,6 +210,29 @@ def _require(props: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
             raise reject(Reason.MISSING_FIELD, f"{what} requires properties.{f}", f"properties.{f}")
 
 
+#: context JSON text -> its parsed value, for texts that passed (a device sends the same context
+#: with every event); shared and read-only
+_CONTEXTS: dict[str, dict[str, Any]] = {}
+_CONTEXTS_MAX = 8192
+
+
+def _context(raw: dict[str, Any]) -> dict[str, Any]:
+    """The parsed ``context``; checked for nesting only (it is the SDK's own), once per text."""
+    text = raw.get("context")
+    hit = _CONTEXTS.get(text) if text else None
+    if hit is not None:
+        return hit
+    context = _json_object(raw, "context")
+    if not context:
+        return context
+    if not within_limits(text, 1 << 30):
+        check_lengths(context, "context", 1 << 30)
+    if len(_CONTEXTS) >= _CONTEXTS_MAX:
+        _CONTEXTS.clear()
+    _CONTEXTS[text] = context  # type: ignore[index]
+    return context
+
+
 def validate(raw: dict[str, Any], settings: PipelineSettings) -> Parsed:
     """Apply every rule to one decoded RawEvent; return the parsed event or raise RejectedEvent."""
     etype = raw.get("type")
@@ -220,7 +243,7 @@ def validate(raw: dict[str, Any], settings: PipelineSettings) -> Parsed:
         raise reject(Reason.MISSING_IDENTITY, "anonymous_id or user_id is required", "anonymous_id")
     props = _json_object(raw, "properties")
     traits = _json_object(raw, "traits")
-    context = _json_object(raw, "context")
+    context = _context(raw)
     name = raw.get("event")
     limit = settings.max_value_length
 
@@ -232,8 +255,6 @@ def validate(raw: dict[str, Any], settings: PipelineSettings) -> Parsed:
         check_lengths(props, "properties", limit)
     if traits and not within_limits(raw.get("traits"), limit):
         check_lengths(traits, "traits", limit)
-    if context and not within_limits(raw.get("context"), 1 << 30):
-        check_lengths(context, "context", 1 << 30)  # nesting only: context is the SDK's own
 
     # timestamps
     received = int(raw["received_at"])

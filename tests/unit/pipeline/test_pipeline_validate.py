@@ -219,3 +219,22 @@ def test_the_pre_check_passes_only_what_the_full_walk_passes(value, limit):
         check_lengths(value, "properties", limit)
     except RejectedEvent:
         assert not within_limits(text, limit)
+
+
+def test_a_context_is_parsed_once_per_text_and_a_bad_one_is_rejected_every_time(raw):
+    from pipeline import validate as v
+
+    text = '{"os": {"name": "iOS"}, "locale": "en-GB"}'
+    first = validate(raw(context=text), S).context
+    assert first == {"os": {"name": "iOS"}, "locale": "en-GB"}
+    assert validate(raw(message_id="m2", context=text), S).context is first  # the same parsed value
+    deep = '{"k": ' + "[" * 40 + "]" * 40 + "}"
+    for _ in range(2):  # never remembered
+        assert rejected(raw(context=deep)).reason is Reason.INVALID_JSON
+        assert rejected(raw(context="{oops")).reason is Reason.INVALID_JSON
+        assert rejected(raw(context="[1]")).field == "context"
+    assert deep not in v._CONTEXTS and "{oops" not in v._CONTEXTS
+    # bounded: a full cache starts over
+    v._CONTEXTS.update({f'{{"n": {i}}}': {"n": i} for i in range(v._CONTEXTS_MAX - len(v._CONTEXTS))})
+    assert validate(raw(context='{"fresh": 1}'), S).context == {"fresh": 1}
+    assert len(v._CONTEXTS) == 1
