@@ -384,7 +384,7 @@ class TableState:
         }
         self._index, self._unindex = {}, {}
         dumps = orjson.dumps
-        devices = {k: (p, dumps(v)) for k, (p, v) in self._dev.items()}
+        devices: dict[str, tuple[int, bytes | None]] = {k: (p, dumps(v)) for k, (p, v) in self._dev.items()}
         if self._clean_max:
             self._keep_clean(devices)
         seen = {k: (p, _seen_json(v)) for k, (p, v) in self._seen.items()}
@@ -394,12 +394,12 @@ class TableState:
         self._moved.clear()
         return snap
 
-    def _keep_clean(self, stored: dict[str, tuple[int, bytes]]) -> None:
+    def _keep_clean(self, stored: dict[str, tuple[int, bytes | None]]) -> None:
         """Keep the parsed states of a snapshot's devices (:attr:`_dev`) within the budget."""
         clean = self._clean
         size = self._clean_size
         for k, (p, v) in self._dev.items():
-            n = len(stored[k][1])
+            n = len(stored[k][1] or b"")
             old = clean.pop(k, None)
             if old is not None:
                 size -= old[2]
