@@ -59,9 +59,14 @@ def install_fast_drain(consumer: Any, direct_topics: frozenset[str] = frozenset(
     return True
 
 
+def _flowing(app: Any, consumer: Any) -> bool:
+    """Whether the consumer's flow runs: no rebalance, no suspended flow or flow control."""
+    return bool(consumer.flow_active and not consumer.suspend_flow.is_set() and app.flow_control.is_active())
+
+
 def _can_deliver_now(app: Any, consumer: Any, topic: str) -> bool:
     """Whether the conductor's callback for a record of ``topic`` completes without awaiting."""
-    if not consumer.flow_active or consumer.suspend_flow.is_set() or not app.flow_control.is_active():
+    if not _flowing(app, consumer):
         return False
     return not any(chan.queue.full() for chan in app.topics._topic_name_index.get(topic, ()))
 
@@ -138,17 +143,14 @@ async def _drain_messages(
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        if _can_deliver_now(app, self, message.topic):
-                            queue = (
-                                _direct_queue(app, message.topic) if message.topic in direct_topics else None
-                            )
-                            if queue is None:
-                                await callback(message)
-                            else:
-                                high, drop = pressure.get(tp) or pressure_callbacks(tp)
-                                queue.put_nowait_enhanced(
-                                    message, on_pressure_high=high, on_pressure_drop=drop
-                                )
+                        topic = message.topic
+                        queue = _direct_queue(app, topic) if topic in direct_topics else None
+                        if queue is not None and _flowing(app, self) and not queue.full():
+                            # _can_deliver_now for the one channel of a direct topic
+                            high, drop = pressure.get(tp) or pressure_callbacks(tp)
+                            queue.put_nowait_enhanced(message, on_pressure_high=high, on_pressure_drop=drop)
+                        elif queue is None and _can_deliver_now(app, self, topic):
+                            await callback(message)
                         else:
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
