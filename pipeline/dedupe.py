@@ -193,6 +193,8 @@ def prune(
     step back, an entry recorded out of order may stay longer; it never matches outside the window.)
     """
     size = len(recent)
+    if recorded_after is not None and size <= late_max * ENTRY and int(recent[_R:ENTRY], 16) > recorded_after:
+        return recent  # the first recorded is recent enough, so are the others; the bound holds
 
     def in_window(j: int) -> bool:
         return now_event_time - (int(recent[j + _T : j + _P], 16) - TIME_BIAS) < window_ms
