@@ -219,17 +219,17 @@ _CONTEXTS_MAX = 8192
 def _context(raw: dict[str, Any]) -> dict[str, Any]:
     """The parsed ``context``; checked for nesting only (it is the SDK's own), once per text."""
     text = raw.get("context")
-    hit = _CONTEXTS.get(text) if text else None
+    if not text or text == "{}":
+        return {}
+    hit = _CONTEXTS.get(text)
     if hit is not None:
         return hit
     context = _json_object(raw, "context")
-    if not context:
-        return context
     if not within_limits(text, 1 << 30):
         check_lengths(context, "context", 1 << 30)
     if len(_CONTEXTS) >= _CONTEXTS_MAX:
         _CONTEXTS.clear()
-    _CONTEXTS[text] = context  # type: ignore[index]
+    _CONTEXTS[text] = context
     return context
 
 

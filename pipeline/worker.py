@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -244,7 +244,7 @@ class TableState:
         self._clean_size = 0
         self._clean_max = clean_bytes
         self._seen: dict[str, tuple[int, list[Any] | None]] = {}
-        self._flushing: dict[str, dict[str, tuple[int, bytes | None]]] = {"devices": {}, "seen": {}}
+        self._flushing: dict[str, Mapping[str, tuple[int, bytes | None]]] = {"devices": {}, "seen": {}}
         #: partition -> the applied frontier: every raw offset up to it is processed (no holes)
         self._frontier: dict[int, int] = {}
         #: partitions whose frontier moved since the last snapshot
@@ -308,13 +308,17 @@ class TableState:
     def _read(table: Any, partition: int, key: str) -> bytes | None:
         return table.data._db_for_partition(partition).get(key.encode())  # type: ignore[no-any-return]
 
+    def _stored(self, name: str, table: Any, key: str) -> Any:
+        """The value stored for ``key``: from the snapshot being flushed, else from RocksDB."""
+        pending = self._flushing[name].get(key)
+        v = pending[1] if pending is not None else self._read(table, self.partition, key)
+        return orjson.loads(v) if v is not None else None
+
     def _get(self, name: str, table: Any, cache: dict[str, Any], key: str) -> Any:
         hit = cache.get(key)
         if hit is not None:
             return hit[1]
-        pending = self._flushing[name].get(key)
-        v = pending[1] if pending is not None else self._read(table, self.partition, key)
-        return orjson.loads(v) if v is not None else None
+        return self._stored(name, table, key)
 
     def get_device(self, key: str) -> dict[str, Any] | None:
         hit = self._dev.get(key)
@@ -324,7 +328,7 @@ class TableState:
         if clean is not None:
             self._clean_size -= clean[2]
             return clean[1]
-        return self._get("devices", self.devices, self._dev, key)  # type: ignore[no-any-return]
+        return self._stored("devices", self.devices, key)  # type: ignore[no-any-return]
 
     def put_device(self, key: str, value: dict[str, Any]) -> None:
         self._dev[key] = (self.partition, value)
@@ -384,7 +388,7 @@ class TableState:
         }
         self._index, self._unindex = {}, {}
         dumps = orjson.dumps
-        devices: dict[str, tuple[int, bytes | None]] = {k: (p, dumps(v)) for k, (p, v) in self._dev.items()}
+        devices = {k: (p, dumps(v)) for k, (p, v) in self._dev.items()}
         if self._clean_max:
             self._keep_clean(devices)
         seen = {k: (p, _seen_json(v)) for k, (p, v) in self._seen.items()}
@@ -394,12 +398,12 @@ class TableState:
         self._moved.clear()
         return snap
 
-    def _keep_clean(self, stored: dict[str, tuple[int, bytes | None]]) -> None:
+    def _keep_clean(self, stored: dict[str, tuple[int, bytes]]) -> None:
         """Keep the parsed states of a snapshot's devices (:attr:`_dev`) within the budget."""
         clean = self._clean
         size = self._clean_size
         for k, (p, v) in self._dev.items():
-            n = len(stored[k][1] or b"")
+            n = len(stored[k][1])
             old = clean.pop(k, None)
             if old is not None:
                 size -= old[2]
