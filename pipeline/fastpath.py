@@ -82,79 +82,38 @@ def _direct_queue(app: Any, topic: str) -> Any:
 async def _drain_messages(
     self: Any, fetcher: Any, direct_topics: frozenset[str] = frozenset()
 ) -> None:  # pragma: no cover - Faust's loop, run by every worker test
-    """faust-streaming 0.15.3 ``Consumer._drain_messages`` with the direct delivery (see the module)."""
+    """faust-streaming 0.15.3 ``Consumer._drain_messages`` (with its ``getmany`` inlined), handing
+    the records of a direct topic over in runs (see the module)."""
     callback = self.callback
-    getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
     app = self.app
 
-    get_read_offset = self._read_offset.__getitem__
-    set_read_offset = self._read_offset.__setitem__
     from faust.transport.consumer import CONSUMER_FETCHING
-    from faust.types import TP
 
     set_flag = self.diag.set_flag
     unset_flag = self.diag.unset_flag
-    commit_every = self._commit_every
-    acks_enabled_for = app.topics.acks_enabled_for
-
-    yield_every = 100
-    num_since_yield = 0
-    sleep = asyncio.sleep
-    on_topic_buffer_full = app.sensors.on_topic_buffer_full
-    #: partition -> (on pressure high, on pressure drop): one pair per partition, as the conductor's
-    pressure: dict[Any, tuple[Any, Any]] = {}
-
-    def pressure_callbacks(key: Any) -> tuple[Any, Any]:
-        # the callbacks get Faust's TP: the loop's (and the message's) partition is aiokafka's
-        # TopicPartition, which Faust's active-partition set rejects (an assertion that crashed
-        # the worker in the SIGKILL test on a clean clone)
-        tp = TP(key.topic, key.partition)
-
-        def high() -> None:
-            on_topic_buffer_full(tp)
-            self.on_buffer_full(tp)
-
-        def drop() -> None:
-            self.on_buffer_drop(tp)
-
-        pair = pressure[key] = (high, drop)
-        return pair
 
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(CONSUMER_FETCHING)
-            ait = getmany(timeout=1.0)
             await self.sleep(0)
             if not self.should_stop:
-                async for tp, message in ait:
-                    num_since_yield += 1
-                    if num_since_yield > yield_every:
-                        await sleep(0)
-                        num_since_yield = 0
-
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None and self._n_acked >= commit_every:
-                            self._n_acked = 0
-                            await self.commit()
-                        topic = message.topic
-                        queue = _direct_queue(app, topic) if topic in direct_topics else None
-                        if queue is not None and _flowing(app, self) and not queue.full():
-                            # _can_deliver_now for the one channel of a direct topic
-                            high, drop = pressure.get(tp) or pressure_callbacks(tp)
-                            queue.put_nowait_enhanced(message, on_pressure_high=high, on_pressure_drop=drop)
-                        elif queue is None and _can_deliver_now(app, self, topic):
-                            await callback(message)
-                        else:
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                        set_read_offset(tp, offset)
-                unset_flag(CONSUMER_FETCHING)
+                # Faust's getmany, up to its per-record loop
+                records, active_partitions = await self._wait_next_records(1.0)
+                generation_id = app.consumer_generation_id
+                if records is not None and not self.should_stop:
+                    if self.flow_active:
+                        await _deliver(
+                            self, records, active_partitions, generation_id, direct_topics, callback
+                        )
+                    else:
+                        self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+                        try:
+                            await self.perform_seek()
+                        except Exception as ex:
+                            self.log.warning(f"exception performing seek when flow not active {ex}")
+            unset_flag(CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
             self.log.info("Broker stopped consumer, shutting down...")
@@ -172,25 +131,156 @@ async def _drain_messages(
         unset_flag(CONSUMER_FETCHING)
 
 
+class Run:
+    """Consecutive records of one partition, as the fetch loop hands them to a direct topic's agent.
+
+    ``records`` are aiokafka's ``ConsumerRecord`` objects (``offset``, ``key``, ``value``, ...),
+    at most :data:`MAX_BATCH` of them, in offset order.
+    """
+
+    __slots__ = ("generation_id", "records", "tp")
+
+    def __init__(self, tp: Any, generation_id: int, records: list[Any]) -> None:
+        self.tp = tp
+        self.generation_id = generation_id
+        self.records = records
+
+
+def _pressure(self: Any, tp: Any) -> tuple[Any, Any]:
+    """The (pressure high, pressure drop) callbacks of partition ``tp``, one pair per partition
+    (the queue remembers a pending drop callback by identity), as Faust's conductor keeps them."""
+    pairs: dict[Any, tuple[Any, Any]] = self.__dict__.setdefault("_trackflow_pressure", {})
+    pair = pairs.get(tp)
+    if pair is None:
+        # the callbacks get Faust's TP: the fetch result's partitions are aiokafka's
+        # TopicPartition, which Faust's active-partition set rejects (an assertion that crashed
+        # the worker in the SIGKILL test on a clean clone)
+        from faust.types import TP
+
+        ftp = TP(tp.topic, tp.partition)
+        on_topic_buffer_full = self.app.sensors.on_topic_buffer_full
+
+        def high() -> None:
+            on_topic_buffer_full(ftp)
+            self.on_buffer_full(ftp)
+
+        def drop() -> None:
+            self.on_buffer_drop(ftp)
+
+        pair = pairs[tp] = (high, drop)
+    return pair
+
+
+async def _deliver(
+    self: Any,
+    records: Any,
+    active_partitions: Any,
+    generation_id: int,
+    direct_topics: frozenset[str],
+    callback: Any,
+) -> None:  # pragma: no cover - Faust's loop, run by every worker test
+    """Hand one fetch result over: Faust's ``getmany`` loop and ``_drain_messages`` body, a
+    partition's records at a time (see the module)."""
+    app = self.app
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    acks_enabled_for = app.topics.acks_enabled_for
+    commit_every = self._commit_every
+    num_since_yield = 0
+    for tp, fetched in records.items():
+        if not self.flow_active:
+            break
+        if app.consumer_generation_id != generation_id:
+            self.log.dev(
+                "Generation id changed from %r to %r. Cancelling getmany.",
+                generation_id,
+                app.consumer_generation_id,
+            )
+            break
+        if not fetched or not (
+            active_partitions is None or tp in active_partitions or tp in self._buffered_partitions
+        ):
+            continue
+        app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+        r_offset = get_read_offset(tp)
+        recs = fetched
+        if r_offset is not None and fetched[0].offset < r_offset:
+            recs = [r for r in fetched if r.offset >= r_offset]  # read already (a re-fetch after a seek)
+            if not recs:
+                continue
+        topic = tp.topic
+        if acks_enabled_for(topic) and (
+            (r_offset and recs[0].offset - r_offset > 1) or recs[-1].offset - recs[0].offset != len(recs) - 1
+        ):
+            prev = r_offset
+            for r in recs:  # offsets missing in between (compaction, transaction markers)
+                if prev and r.offset - prev > 1:
+                    await self._add_gap(tp, prev + 1, r.offset)
+                prev = r.offset
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+        queue = _direct_queue(app, topic) if topic in direct_topics else None
+        if queue is not None:
+            for i in range(0, len(recs), MAX_BATCH):
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    return  # as Faust's getmany: the rest of this fetch is read again later
+                piece = recs[i : i + MAX_BATCH]
+                if _flowing(app, self):
+                    run = Run(tp, generation_id, piece)
+                    if not queue.full():
+                        high, drop = _pressure(self, tp)
+                        queue.put_nowait_enhanced(run, on_pressure_high=high, on_pressure_drop=drop)
+                    else:  # the agent is behind: wait for room, as Faust's conductor would
+                        await self.wait_first(queue.put(run), self.suspend_flow.wait())
+                else:  # a rebalance under way: Faust's own delivery, record by record
+                    for r in piece:
+                        await self.wait_first(callback(self._to_message(tp, r)), self.suspend_flow.wait())
+                set_read_offset(tp, piece[-1].offset)
+                await asyncio.sleep(0)
+        else:
+            for r in recs:
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    return
+                num_since_yield += 1
+                if num_since_yield > 100:
+                    await asyncio.sleep(0)
+                    num_since_yield = 0
+                message = self._to_message(tp, r)
+                if _can_deliver_now(app, self, topic):
+                    await callback(message)
+                else:
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                set_read_offset(tp, r.offset)
+
+
 #: an agent's batch holds at most this many events: the event loop (timers, the commit, the fetch
 #: loop) runs between batches, so a batch of ~150 µs events keeps it waiting ~40 ms at most
 MAX_BATCH = 256
 
+#: the queue size to give a direct topic's channel (``app.topic(..., maxsize=...)``): its items
+#: are runs of up to :data:`MAX_BATCH` records, so 32 of them hold up to 8,192 records, and
+#: Faust's back-pressure (stop fetching a partition from 80 % full, resume at 40 %) keeps
+#: bounding the records waiting in memory
+DIRECT_QUEUE_RUNS = 32
+
 
 async def record_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
-    """The records of an agent's ``stream`` in batches (lists of Faust ``Message``), read straight
-    from its channel's queue.
+    """The records of an agent's ``stream`` in batches, read straight from its channel's queue.
+
+    A batch is a list of ``(tp, records)`` runs: consecutive records of one partition, in offset
+    order, each with ``offset``, ``key`` and ``value`` (a :class:`Run` put by the fast fetch loop
+    holds aiokafka's records; an ``Event`` delivered by Faust's conductor gives its ``Message``).
 
     Iterating a Faust stream costs, per event, a pass through the event loop (``sleep(0)``), the
     sensors and the acknowledgement bookkeeping. The worker needs none of it per event: it decides
     the raw topic's commits from its own frontier (:func:`pipeline.worker._commit_to_frontier`),
-    not from Faust's acknowledgements, and its processing does not await. So this takes every item
-    already queued (up to ``max_batch``) and yields their messages together, with one pass through
-    the loop per batch. An item is an ``Event`` (delivered by Faust's conductor) or a ``Message``
-    (put by the fast fetch loop for a direct topic). As Faust's stream does, it skips records from
-    before the current rebalance generation, and records taken while the flow is suspended (a
-    rebalance in progress: Faust clears the queues and the partitions are read again from the
-    committed offsets). A message's ``value`` is the record's bytes: use the raw serializer.
+    not from Faust's acknowledgements, and its processing does not await. So this takes the items
+    already queued (up to ``max_batch`` records) and yields them together, with one pass through
+    the loop per batch. As Faust's stream does, it skips records from before the current
+    rebalance generation, and records taken while the flow is suspended (a rebalance in
+    progress: Faust clears the queues and the partitions are read again from the committed
+    offsets). A record's ``value`` is its bytes: use the raw serializer.
 
     Nothing here acknowledges records. Faust's commit-every-N-acks trigger and its wait for unacked
     events at a rebalance therefore do not apply; the commit timer and the frontier do.
@@ -201,10 +291,23 @@ async def record_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
     flow_control = app.flow_control
     while True:
         first = await queue.get()
-        batch = [first]
-        while len(batch) < max_batch and not queue.empty():
-            batch.append(queue.get_nowait())
+        items = [first]
+        n = len(first.records) if first.__class__ is Run else 1
+        while n < max_batch and not queue.empty():
+            item = queue.get_nowait()
+            items.append(item)
+            n += len(item.records) if item.__class__ is Run else 1
         generation = app.consumer_generation_id
         if flow_control.is_active():
-            yield [m for item in batch if (m := getattr(item, "message", item)).generation_id == generation]
+            runs: list[tuple[Any, list[Any]]] = []
+            for item in items:
+                if item.__class__ is Run:
+                    if item.generation_id == generation:
+                        runs.append((item.tp, item.records))
+                else:
+                    m = getattr(item, "message", item)
+                    if m.generation_id == generation:
+                        runs.append((m.tp, [m]))
+            if runs:
+                yield runs
         await asyncio.sleep(0)

@@ -36,7 +36,7 @@ from typing import IO, Any, cast
 import orjson
 
 from pipeline.exceptions import PipelineError
-from pipeline.fastpath import install_fast_drain, record_batches
+from pipeline.fastpath import DIRECT_QUEUE_RUNS, install_fast_drain, record_batches
 from pipeline.fx import RateTable, parse_hour
 from pipeline.process import Processor, Result
 from pipeline.settings import PipelineSettings
@@ -758,7 +758,13 @@ def build_app(
         consumer_max_fetch_size=MAX_FETCH_BYTES,
         table_standby_replicas=0,
     )
-    raw_topic = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
+    raw_topic = app.topic(
+        topics.raw,
+        key_serializer="raw",
+        value_serializer="raw",
+        # the fast fetch loop queues runs of records, not records (see pipeline.fastpath)
+        maxsize=DIRECT_QUEUE_RUNS if settings.fast_fetch_loop else None,
+    )
     devices, seen = (
         app.Table(
             name,
@@ -869,35 +875,40 @@ def build_app(
             if fx.queue:
                 fx.drain(rates)
             now = int(time.time() * 1000)  # the wall clock, once per batch (at most ~40 ms apart)
-            for msg in batch:
-                partition = state.partition = msg.partition
-                offset = positions[partition] = msg.offset
-                done = frontier(partition, committed.get(msg.tp))
-                if offset <= done:
-                    counters["replay_skipped"] += 1  # its state and outputs are stored already
-                    continue
-                if offset > done + 1:
-                    # the consumer skipped records (Faust/aiokafka after a seek or a rebalance):
-                    # process strictly in order, so the state never gets ahead of the frontier;
-                    # refill_holes seeks back to the first missing record
-                    counters["hole_skipped"] += 1
-                    holes.setdefault(msg.tp, done + 1)
-                    continue
-                advance(partition, offset)
-                res = process_bytes(raw_codec, msg.value, pos=(partition, offset), topic=msg.topic, now=now)
-                emit(res)
-                dkey = res.device_key
-                if dkey is not None:
-                    if res.session_open:
-                        open_sessions[dkey] = (partition, res.session_deadline)
-                    else:
-                        open_sessions.pop(dkey, None)
-                if res.seen_key is not None and res.seen_expires is not None:
-                    state.index_expiry(res.seen_expires, res.seen_key)
-                clock = res.clock
-                if clock and clock >= next_sweep.get(partition, 0):
-                    next_sweep[partition] = clock + 1000  # at most once per second of event time
-                    state.sweep(clock)
+            for tp, records in batch:  # runs of one partition's records, in order (no await inside)
+                partition = state.partition = tp.partition
+                topic = tp.topic
+                done = frontier(partition, committed.get(tp))
+                sweep_at = next_sweep.get(partition, 0)
+                for rec in records:
+                    offset = rec.offset
+                    if offset <= done:
+                        counters["replay_skipped"] += 1  # its state and outputs are stored already
+                        continue
+                    if offset > done + 1:
+                        # the consumer skipped records (Faust/aiokafka after a seek or a rebalance):
+                        # process strictly in order, so the state never gets ahead of the frontier;
+                        # refill_holes seeks back to the first missing record
+                        counters["hole_skipped"] += 1
+                        holes.setdefault(tp, done + 1)
+                        continue
+                    advance(partition, offset)
+                    done = offset
+                    res = process_bytes(raw_codec, rec.value, pos=(partition, offset), topic=topic, now=now)
+                    emit(res)
+                    dkey = res.device_key
+                    if dkey is not None:
+                        if res.session_open:
+                            open_sessions[dkey] = (partition, res.session_deadline)
+                        else:
+                            open_sessions.pop(dkey, None)
+                    if res.seen_key is not None and res.seen_expires is not None:
+                        state.index_expiry(res.seen_expires, res.seen_key)
+                    clock = res.clock
+                    if clock and clock >= sweep_at:
+                        sweep_at = next_sweep[partition] = clock + 1000  # once per second of event time
+                        state.sweep(clock)
+                positions[partition] = records[-1].offset
 
     @app.timer(interval=settings.session_timer_interval_s)  # type: ignore[untyped-decorator]
     async def close_idle_sessions() -> None:
@@ -1124,7 +1135,7 @@ def _with_test_wedge(batches: Any) -> Any:
             if n >= 200:
                 log.error("TRACKFLOW_PIPELINE_TEST_WEDGE: the agent stops here for good")
                 await asyncio.Event().wait()
-            n += len(batch)
+            n += sum(len(records) for _, records in batch)
             yield batch
 
     return wedged()

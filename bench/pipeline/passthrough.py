@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from pipeline.fastpath import install_fast_drain, record_batches
+from pipeline.fastpath import DIRECT_QUEUE_RUNS, install_fast_drain, record_batches
 from pipeline.worker import MAX_FETCH_BYTES, Outputs, _guard_offsets, init_offsets, tune_gc
 from trackflow.config import KafkaSettings
 
@@ -57,7 +57,9 @@ def main() -> None:
         await faust_flush()
 
     app.producer.flush = flush  # type: ignore[method-assign]
-    raw = app.topic(topics.raw, key_serializer="raw", value_serializer="raw")
+    raw = app.topic(
+        topics.raw, key_serializer="raw", value_serializer="raw", maxsize=DIRECT_QUEUE_RUNS if fast else None
+    )
 
     if fast:
         install_fast_drain(app.consumer, direct_topics=frozenset({topics.raw}))
@@ -68,9 +70,10 @@ def main() -> None:
         @app.agent(raw, concurrency=1)
         async def passthrough_fast(stream: Any) -> None:
             async for batch in record_batches(stream):
-                for msg in batch:
-                    out.send(target, msg.key or b"", msg.value)
-                    done[msg.tp] = msg.offset + 1
+                for tp, records in batch:
+                    for rec in records:
+                        out.send(target, rec.key or b"", rec.value)
+                    done[tp] = records[-1].offset + 1
     else:
 
         @app.agent(raw, concurrency=1)
