@@ -44,12 +44,8 @@ log = logging.getLogger(__name__)
 FAUST_VERSIONS = frozenset({"0.15.3"})
 
 
-def install_fast_drain(consumer: Any, direct_topics: frozenset[str] = frozenset()) -> bool:
-    """Give ``consumer`` (Faust's) the fast fetch loop; ``False`` (stock loop kept) on another Faust version.
-
-    ``direct_topics``: topics read by exactly one agent through :func:`record_batches` with the
-    raw serializer, whose records go straight into that agent's queue (see the module).
-    """
+def supported() -> bool:
+    """Whether the installed faust-streaming is one this fetch loop was written for (else logged)."""
     from importlib.metadata import version
 
     found = version("faust-streaming")
@@ -59,6 +55,18 @@ def install_fast_drain(consumer: Any, direct_topics: frozenset[str] = frozenset(
             found,
             sorted(FAUST_VERSIONS),
         )
+        return False
+    return True
+
+
+def install_fast_drain(consumer: Any, direct_topics: frozenset[str] = frozenset()) -> bool:
+    """Give ``consumer`` (Faust's) the fast fetch loop; ``False`` (stock loop kept) on another Faust version.
+
+    ``direct_topics``: topics read by exactly one agent through :func:`record_batches` with the
+    raw serializer, whose records go straight into that agent's queue (see the module); declare
+    them with ``maxsize=DIRECT_QUEUE_RUNS``.
+    """
+    if not supported():
         return False
 
     async def drain(fetcher: Any) -> None:

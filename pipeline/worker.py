@@ -37,6 +37,7 @@ import orjson
 
 from pipeline.exceptions import PipelineError
 from pipeline.fastpath import DIRECT_QUEUE_RUNS, install_fast_drain, record_batches
+from pipeline.fastpath import supported as fastpath_supported
 from pipeline.fx import RateTable, parse_hour
 from pipeline.process import Processor, Result
 from pipeline.settings import PipelineSettings
@@ -758,12 +759,13 @@ def build_app(
         consumer_max_fetch_size=MAX_FETCH_BYTES,
         table_standby_replicas=0,
     )
+    fast_loop = settings.fast_fetch_loop and fastpath_supported()
     raw_topic = app.topic(
         topics.raw,
         key_serializer="raw",
         value_serializer="raw",
         # the fast fetch loop queues runs of records, not records (see pipeline.fastpath)
-        maxsize=DIRECT_QUEUE_RUNS if settings.fast_fetch_loop else None,
+        maxsize=DIRECT_QUEUE_RUNS if fast_loop else None,
     )
     devices, seen = (
         app.Table(
@@ -833,7 +835,7 @@ def build_app(
             log.warning("frontier of %s unreadable: its commit waits", tp, exc_info=True)
             return -1
 
-    if settings.fast_fetch_loop:
+    if fast_loop:
         install_fast_drain(app.consumer, direct_topics=frozenset({topics.raw}))
     # before the first assignment: its seek must already be the guarded one
     sought = _guard_offsets(
