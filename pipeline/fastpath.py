@@ -96,9 +96,7 @@ def _direct_queue(app: Any, topic: str) -> Any:
     return next(iter(chans)).queue
 
 
-async def _drain_messages(
-    self: Any, fetcher: Any, direct_topics: frozenset[str] = frozenset()
-) -> None:  # pragma: no cover - Faust's loop, run by every worker test
+async def _drain_messages(self: Any, fetcher: Any, direct_topics: frozenset[str] = frozenset()) -> None:
     """faust-streaming 0.15.3 ``Consumer._drain_messages`` (with its ``getmany`` inlined), handing
     the records of a direct topic over in runs (see the module)."""
     callback = self.callback
@@ -195,7 +193,7 @@ async def _deliver(
     generation_id: int,
     direct_topics: frozenset[str],
     callback: Any,
-) -> None:  # pragma: no cover - Faust's loop, run by every worker test
+) -> None:
     """Hand one fetch result over: Faust's ``getmany`` loop and ``_drain_messages`` body, a
     partition's records at a time (see the module)."""
     app = self.app

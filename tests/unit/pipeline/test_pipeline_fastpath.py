@@ -1,8 +1,9 @@
 """The worker's cheaper path through Faust (pipeline.fastpath), on mode's real queues and flow control.
 
 The whole path runs against the broker in every worker integration test (tests/integration/pipeline);
-these pin its decisions: when a record may be delivered without Faust's ``wait_first``, how an agent's
-events are batched, and which events a batch leaves out.
+these pin its decisions: when a record may be delivered without Faust's ``wait_first``, how the fetch
+loop hands a direct topic's records over in runs (gaps, read offsets, back-pressure, rebalances), how
+an agent's events are batched, and which events a batch leaves out.
 """
 
 from __future__ import annotations
