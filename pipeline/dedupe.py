@@ -106,6 +106,16 @@ def _entry(digest: str, event_time: int, pos: Position, now: int) -> str:
     return f"{digest}{event_time + TIME_BIAS:012x}{pos[0] + 1:04x}{pos[1] + 1:012x}{now:012x}"
 
 
+def _time(recent: str, j: int) -> int:
+    """The event time of the entry at ``j``."""
+    return int(recent[j + _T : j + _P], 16) - TIME_BIAS
+
+
+def _recorded(recent: str, j: int) -> int:
+    """The wall-clock time (ms) the entry at ``j`` was recorded (0 without the late rule)."""
+    return int(recent[j + _R : j + ENTRY], 16)
+
+
 def _find(recent: str, digest: str) -> int:
     """Start of ``digest``'s entry in ``recent``, or -1."""
     i = recent.find(digest)
@@ -118,10 +128,10 @@ def entries(recent: str) -> dict[str, list[int]]:
     """The digests of a ``c`` string as ``{digest: [event_time, partition, offset, recorded_at]}``."""
     return {
         recent[j : j + _T]: [
-            int(recent[j + _T : j + _P], 16) - TIME_BIAS,
+            _time(recent, j),
             int(recent[j + _P : j + _O], 16) - 1,
             int(recent[j + _O : j + _R], 16) - 1,
-            int(recent[j + _R : j + ENTRY], 16),
+            _recorded(recent, j),
         ]
         for j in range(0, len(recent), ENTRY)
     }
@@ -163,7 +173,7 @@ def check_content(
     """
     i = _find(recent, digest)
     if i >= 0:
-        if abs(event_time - (int(recent[i + _T : i + _P], 16) - TIME_BIAS)) < window_ms:
+        if abs(event_time - _time(recent, i)) < window_ms:
             if (
                 pos != NO_POSITION
                 and int(recent[i + _P : i + _O], 16) == pos[0] + 1
@@ -193,17 +203,17 @@ def prune(
     step back, an entry recorded out of order may stay longer; it never matches outside the window.)
     """
     size = len(recent)
-    if recorded_after is not None and size <= late_max * ENTRY and int(recent[_R:ENTRY], 16) > recorded_after:
+    if recorded_after is not None and size <= late_max * ENTRY and _recorded(recent, 0) > recorded_after:
         return recent  # the first recorded is recent enough, so are the others; the bound holds
 
     def in_window(j: int) -> bool:
-        return now_event_time - (int(recent[j + _T : j + _P], 16) - TIME_BIAS) < window_ms
+        return now_event_time - _time(recent, j) < window_ms
 
     if recorded_after is None:
         keep = [j for j in range(0, size, ENTRY) if in_window(j)]
     else:
         old = 0
-        while old < size and int(recent[old + _R : old + ENTRY], 16) <= recorded_after:
+        while old < size and _recorded(recent, old) <= recorded_after:
             old += ENTRY
         keep = [j for j in range(0, old, ENTRY) if in_window(j)]
         rest = range(old, size, ENTRY)

@@ -99,7 +99,6 @@ def _direct_queue(app: Any, topic: str) -> Any:
 async def _drain_messages(self: Any, fetcher: Any, direct_topics: frozenset[str] = frozenset()) -> None:
     """faust-streaming 0.15.3 ``Consumer._drain_messages`` (with its ``getmany`` inlined), handing
     the records of a direct topic over in runs (see the module)."""
-    callback = self.callback
     consumer_should_stop = self._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
     app = self.app
@@ -119,9 +118,7 @@ async def _drain_messages(self: Any, fetcher: Any, direct_topics: frozenset[str]
                 generation_id = app.consumer_generation_id
                 if records is not None and not self.should_stop:
                     if self.flow_active:
-                        await _deliver(
-                            self, records, active_partitions, generation_id, direct_topics, callback
-                        )
+                        await _deliver(self, records, active_partitions, generation_id, direct_topics)
                     else:
                         self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
                         try:
@@ -192,11 +189,11 @@ async def _deliver(
     active_partitions: Any,
     generation_id: int,
     direct_topics: frozenset[str],
-    callback: Any,
 ) -> None:
     """Hand one fetch result over: Faust's ``getmany`` loop and ``_drain_messages`` body, a
     partition's records at a time (see the module)."""
     app = self.app
+    callback = self.callback
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
     acks_enabled_for = app.topics.acks_enabled_for
@@ -280,6 +277,11 @@ MAX_BATCH = 256
 DIRECT_QUEUE_RUNS = 32
 
 
+def _records_in(item: Any) -> int:
+    """How many records a queue item holds: a :class:`Run`'s, else one (an ``Event``)."""
+    return len(item.records) if item.__class__ is Run else 1
+
+
 async def record_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
     """The records of an agent's ``stream`` in batches, read straight from its channel's queue.
 
@@ -305,13 +307,11 @@ async def record_batches(stream: Any, max_batch: int = MAX_BATCH) -> Any:
     queue = stream.channel.queue
     flow_control = app.flow_control
     while True:
-        first = await queue.get()
-        items = [first]
-        n = len(first.records) if first.__class__ is Run else 1
+        items = [await queue.get()]
+        n = _records_in(items[0])
         while n < max_batch and not queue.empty():
-            item = queue.get_nowait()
-            items.append(item)
-            n += len(item.records) if item.__class__ is Run else 1
+            items.append(queue.get_nowait())
+            n += _records_in(items[-1])
         generation = app.consumer_generation_id
         if flow_control.is_active():
             runs: list[tuple[Any, list[Any]]] = []

@@ -315,12 +315,6 @@ class TableState:
         v = pending[1] if pending is not None else self._read(table, self.partition, key)
         return orjson.loads(v) if v is not None else None
 
-    def _get(self, name: str, table: Any, cache: dict[str, Any], key: str) -> Any:
-        hit = cache.get(key)
-        if hit is not None:
-            return hit[1]
-        return self._stored(name, table, key)
-
     def get_device(self, key: str) -> dict[str, Any] | None:
         hit = self._dev.get(key)
         if hit is not None:
@@ -335,7 +329,10 @@ class TableState:
         self._dev[key] = (self.partition, value)
 
     def get_seen(self, key: str) -> list[Any] | None:
-        return self._get("seen", self.seen, self._seen, key)  # type: ignore[no-any-return]
+        hit = self._seen.get(key)
+        if hit is not None:
+            return hit[1]
+        return self._stored("seen", self.seen, key)  # type: ignore[no-any-return]
 
     def put_seen(self, key: str, value: list[Any]) -> None:
         self._seen[key] = (self.partition, value)

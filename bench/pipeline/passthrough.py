@@ -1,8 +1,9 @@
 """A bare Faust pass-through agent: the framework's limit on this broker, for the benchmark.
 
-Same Faust settings (but a 0.1 s commit interval with ``--fast``, see there), the same librdkafka output path (producer flushed before every commit) and
-the same garbage-collector tuning as ``trackflow worker``, but the agent only forwards each raw
-record to ``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
+Same Faust settings (but a 0.1 s commit interval with ``--fast``, see there), the same
+librdkafka output path (producer flushed before every commit) and the same garbage-collector
+tuning as ``trackflow worker``, but the agent only forwards each raw record to
+``<prefix>bench.passthrough``. Run by ``bench/pipeline/run.py``.
 
 By default it is the textbook agent (``async for event in stream.events()``) on Faust's own fetch
 loop: the framework's limit. With ``--fast`` it reads its events the way the worker does

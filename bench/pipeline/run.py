@@ -209,11 +209,10 @@ def main() -> None:
             log,
             poll_s=0.05,  # it commits every 0.1 s, and 200,000 events take it about a second
         )
+        per_core = f"-> {1e6 / fast_cpu:,.0f} events/s per busy core" if fast_cpu else "below the clock tick"
         print(
-            f"  {fast:,.0f} events/s wall; {fast_cpu:.1f} us CPU/event"
-            f" ({'-> ' + format(1e6 / fast_cpu, ',.0f') + ' events/s per busy core' if fast_cpu else 'below the clock tick'});"
-            " a run of about a second, so only indicative;"
-            f" peak RSS {fast_rss[0]:.0f} MB"
+            f"  {fast:,.0f} events/s wall; {fast_cpu:.1f} us CPU/event ({per_core});"
+            f" a run of about a second, so only indicative; peak RSS {fast_rss[0]:.0f} MB"
         )
         print("one worker (same topic, own group):")
         worker = ["worker", "--name", "b1", "--loglevel", "warning"]

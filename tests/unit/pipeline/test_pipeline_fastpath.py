@@ -358,7 +358,7 @@ def test_the_fast_loop_skips_records_before_the_read_offset() -> None:
 def test_a_fetch_from_an_earlier_rebalance_generation_is_not_delivered() -> None:
     c = _DrainConsumer([])
     records = {RAW0: [_record(0)], _AiokafkaTP("other", 0): [_record(0, _AiokafkaTP("other", 0))]}
-    asyncio.run(fastpath._deliver(c, records, None, 0, frozenset({"raw"}), c.callback))  # the app is at 1
+    asyncio.run(fastpath._deliver(c, records, None, 0, frozenset({"raw"})))  # the app is at 1
     assert not _queued(c) and not c.delivered and c._read_offset == {}
 
 
