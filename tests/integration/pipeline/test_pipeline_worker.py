@@ -7,6 +7,7 @@ in-process on in-memory state (the pure reference), plus hand-built session scen
 from __future__ import annotations
 
 import csv
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -154,15 +155,36 @@ def wait_for_enriched(pipe: Any, expected: set[str], timeout: float, what: str) 
 
 
 def test_sigkill_mid_stream_loses_nothing(pipe, app):
+    # The kill lands while the input is still arriving, so it is mid-stream however fast the worker
+    # is: 1,000 events first, then the other 11,000 in slices of 500 every 0.25 s (~5.5 s), and the
+    # kill one second into those. (With all 12,000 produced up front, a faster worker had processed
+    # every one before the kill.)
     app_id = app[0].app_id
     events = traffic(app_id, 12000, seed=2)
     exp_enriched, exp_invalid, _ = reference(events)
-    pipe.produce(events)
+    head, rest = events[:1000], events[1000:]
+    pipe.produce(head)
     pipe.start_worker("w1")
     pipe.wait_until(lambda: pipe.count(pipe.topics.enriched) >= 500, 120, "first outputs")
-    pipe.kill("w1")  # SIGKILL, mid-stream
-    assert pipe.count(pipe.topics.enriched) < len(exp_enriched)
-    pipe.start_worker("w1")
+
+    fed: list[int] = []
+
+    def feed() -> None:
+        for i in range(0, len(rest), 500):
+            fed.append(pipe.produce(rest[i : i + 500]))
+            time.sleep(0.25)
+
+    feeder = threading.Thread(target=feed, name="feed")
+    feeder.start()
+    try:
+        time.sleep(1)
+        assert feeder.is_alive(), "the input was complete before the kill"
+        pipe.kill("w1")  # SIGKILL, mid-stream
+        assert pipe.count(pipe.topics.enriched) < len(exp_enriched)
+        pipe.start_worker("w1")
+    finally:
+        feeder.join(120)
+    assert not feeder.is_alive() and sum(fed) == len(rest)  # a failed produce ends the feed short
     wait_for_enriched(pipe, exp_enriched, 180, "all enriched after restart")
     time.sleep(3)
     enriched = pipe.read(pipe.topics.enriched, "enriched_event")
