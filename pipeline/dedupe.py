@@ -111,6 +111,11 @@ def _time(recent: str, j: int) -> int:
     return int(recent[j + _T : j + _P], 16) - TIME_BIAS
 
 
+def _position(recent: str, j: int) -> Position:
+    """The (partition, offset) of the record that recorded the entry at ``j``."""
+    return int(recent[j + _P : j + _O], 16) - 1, int(recent[j + _O : j + _R], 16) - 1
+
+
 def _recorded(recent: str, j: int) -> int:
     """The wall-clock time (ms) the entry at ``j`` was recorded (0 without the late rule)."""
     return int(recent[j + _R : j + ENTRY], 16)
@@ -127,12 +132,7 @@ def _find(recent: str, digest: str) -> int:
 def entries(recent: str) -> dict[str, list[int]]:
     """The digests of a ``c`` string as ``{digest: [event_time, partition, offset, recorded_at]}``."""
     return {
-        recent[j : j + _T]: [
-            _time(recent, j),
-            int(recent[j + _P : j + _O], 16) - 1,
-            int(recent[j + _O : j + _R], 16) - 1,
-            _recorded(recent, j),
-        ]
+        recent[j : j + _T]: [_time(recent, j), *_position(recent, j), _recorded(recent, j)]
         for j in range(0, len(recent), ENTRY)
     }
 
@@ -174,11 +174,7 @@ def check_content(
     i = _find(recent, digest)
     if i >= 0:
         if abs(event_time - _time(recent, i)) < window_ms:
-            if (
-                pos != NO_POSITION
-                and int(recent[i + _P : i + _O], 16) == pos[0] + 1
-                and int(recent[i + _O : i + _R], 16) == pos[1] + 1
-            ):
+            if pos != NO_POSITION and _position(recent, i) == pos:
                 return None, recent  # a replay of the very record that recorded it
             return Reason.DUPLICATE_CONTENT, recent
         recent = recent[:i] + recent[i + ENTRY :]  # recorded again below, as the newest

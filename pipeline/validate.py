@@ -210,26 +210,21 @@ def _require(props: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
             raise reject(Reason.MISSING_FIELD, f"{what} requires properties.{f}", f"properties.{f}")
 
 
-#: context JSON text -> its parsed value, for texts that passed (a device sends the same context
-#: with every event); shared and read-only
-_CONTEXTS: dict[str, dict[str, Any]] = {}
-_CONTEXTS_MAX = 8192
-
-
 def _context(raw: dict[str, Any]) -> dict[str, Any]:
-    """The parsed ``context``; checked for nesting only (it is the SDK's own), once per text."""
+    """The parsed ``context``; checked for nesting only (it is the SDK's own)."""
     text = raw.get("context")
     if not text or text == "{}":
         return {}
-    hit = _CONTEXTS.get(text)
-    if hit is not None:
-        return hit
-    context = _json_object(raw, "context")
+    return _parsed_context(text)
+
+
+@lru_cache(maxsize=8192)
+def _parsed_context(text: str) -> dict[str, Any]:
+    """A context text's parsed value, once per text (a device sends the same context with every
+    event); shared, so read-only. A rejected text raises, and an exception is not remembered."""
+    context = _json_object({"context": text}, "context")
     if not within_limits(text, 1 << 30):
         check_lengths(context, "context", 1 << 30)
-    if len(_CONTEXTS) >= _CONTEXTS_MAX:
-        _CONTEXTS.clear()
-    _CONTEXTS[text] = context
     return context
 
 

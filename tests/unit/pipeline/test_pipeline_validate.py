@@ -224,6 +224,7 @@ def test_the_pre_check_passes_only_what_the_full_walk_passes(value, limit):
 def test_a_context_is_parsed_once_per_text_and_a_bad_one_is_rejected_every_time(raw):
     from pipeline import validate as v
 
+    v._parsed_context.cache_clear()
     text = '{"os": {"name": "iOS"}, "locale": "en-GB"}'
     first = validate(raw(context=text), S).context
     assert first == {"os": {"name": "iOS"}, "locale": "en-GB"}
@@ -233,8 +234,10 @@ def test_a_context_is_parsed_once_per_text_and_a_bad_one_is_rejected_every_time(
         assert rejected(raw(context=deep)).reason is Reason.INVALID_JSON
         assert rejected(raw(context="{oops")).reason is Reason.INVALID_JSON
         assert rejected(raw(context="[1]")).field == "context"
-    assert deep not in v._CONTEXTS and "{oops" not in v._CONTEXTS
-    # bounded: a full cache starts over
-    v._CONTEXTS.update({f'{{"n": {i}}}': {"n": i} for i in range(v._CONTEXTS_MAX - len(v._CONTEXTS))})
+    cached = v._parsed_context.cache_info()
+    assert cached.currsize == 1 and cached.misses == 7  # the good text once; the bad ones every time
+    # bounded: a full cache lets the least recently used text go
+    for i in range(cached.maxsize):
+        validate(raw(message_id=f"n{i}", context=f'{{"n": {i}}}'), S)
     assert validate(raw(context='{"fresh": 1}'), S).context == {"fresh": 1}
-    assert len(v._CONTEXTS) == 1
+    assert v._parsed_context.cache_info().currsize == cached.maxsize
